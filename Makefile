@@ -1,0 +1,31 @@
+# Tally — see README.md.
+GO       ?= go
+BIN      := $(CURDIR)/bin
+GOFLAGS  ?= -buildvcs=false
+export GOFLAGS
+
+.PHONY: all build test bench run proto vet clean
+
+all: build
+
+build: ## build tally-server and tallyctl into bin/
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+vet:
+	$(GO) vet ./...
+
+test: build ## every test (real badger, real gRPC over real sockets, real processes)
+	$(GO) vet ./...
+	TALLY_BIN=$(BIN) $(GO) test -count=1 -timeout 20m ./...
+
+bench: build ## benchmarks: signing vs the raw crypto floor, entry creation, large stores
+	TALLY_BIN=$(BIN) ./scripts/bench.sh
+
+run: build ## a local trust domain in a temp dir; Ctrl-C stops it
+	./scripts/run-local.sh
+
+proto: ## regenerate proto/tally/v1 (needs protoc, protoc-gen-go, protoc-gen-go-grpc)
+	./proto/gen.sh
+
+clean:
+	rm -rf $(BIN)

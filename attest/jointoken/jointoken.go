@@ -1,0 +1,75 @@
+// Package jointoken attests agents with single-use join tokens.
+package jointoken
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/tallyid/tally/attest"
+)
+
+// Type is the attestation type name on the wire.
+const Type = "join_token"
+
+// ErrUnknown and ErrExpired are what a Tokens implementation returns for a
+// token that does not exist (or was used) and one that expired.
+var (
+	ErrUnknown = errors.New("join token unknown or already used")
+	ErrExpired = errors.New("join token expired")
+)
+
+// Tokens consumes join tokens. Of concurrent callers with the same token
+// exactly one succeeds.
+type Tokens interface {
+	// ConsumeJoinToken deletes the token and returns its alias ("" if none),
+	// or an error wrapping ErrUnknown or ErrExpired.
+	ConsumeJoinToken(ctx context.Context, token string) (alias string, err error)
+}
+
+// Attestor is the server side of join-token attestation.
+type Attestor struct {
+	td     spiffeid.TrustDomain
+	tokens Tokens
+}
+
+// New returns an Attestor issuing agent IDs in td.
+func New(td spiffeid.TrustDomain, tokens Tokens) *Attestor {
+	return &Attestor{td: td, tokens: tokens}
+}
+
+// TokenID is the public name of a token: it appears in the agent ID and in
+// logs instead of the secret.
+func TokenID(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(sum[:16])
+}
+
+// AgentID is the SPIFFE ID of the agent that used token.
+func AgentID(td spiffeid.TrustDomain, token string) spiffeid.ID {
+	return spiffeid.RequireFromSegments(td, "tally", "agent", Type, TokenID(token))
+}
+
+// Attest consumes the token in data.
+func (a *Attestor) Attest(ctx context.Context, data []byte) (attest.NodeResult, error) {
+	token := string(data)
+	if token == "" {
+		return attest.NodeResult{}, fmt.Errorf("%w: empty join token", attest.ErrDenied)
+	}
+	alias, err := a.tokens.ConsumeJoinToken(ctx, token)
+	switch {
+	case errors.Is(err, ErrUnknown), errors.Is(err, ErrExpired):
+		return attest.NodeResult{}, fmt.Errorf("%w: join token %s: %w", attest.ErrDenied, TokenID(token), err)
+	case err != nil:
+		return attest.NodeResult{}, fmt.Errorf("jointoken: consume %s: %w", TokenID(token), err)
+	}
+	res := attest.NodeResult{AgentID: AgentID(a.td, token)}
+	if alias != "" {
+		res.Aliases = []string{alias}
+	}
+	return res, nil
+}

@@ -1,0 +1,333 @@
+// Package registry keeps registration entries: it validates and writes them
+// through the store, holds the whole entry set in memory indexed by parent,
+// and answers, per agent, which entries it may issue and what changed since a
+// revision. One Registry serves many concurrent readers.
+package registry
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"k8s.io/utils/clock"
+
+	"github.com/tallyid/tally/ca/store"
+)
+
+// Store is what the registry needs of the server's store.
+type Store interface {
+	CreateEntries(ctx context.Context, entries []store.Entry) ([]store.Entry, error)
+	UpdateEntry(ctx context.Context, e store.Entry) (store.Entry, error)
+	DeleteEntries(ctx context.Context, ids []string) error
+	GetEntry(ctx context.Context, id string) (store.Entry, error)
+	ListEntries(ctx context.Context, f store.EntryFilter) ([]store.Entry, error)
+	Revision(ctx context.Context) (uint64, error)
+	Events(ctx context.Context, after uint64, limit int) ([]store.Event, error)
+}
+
+// Config configures a Registry.
+type Config struct {
+	TrustDomain spiffeid.TrustDomain
+	Store       Store
+	Limits      Limits
+	Clock       clock.WithTicker
+	Logger      *slog.Logger
+	// PollInterval is how often Run looks for changes written by other
+	// server replicas. Default 1s.
+	PollInterval time.Duration
+	// EventWindow is how many recent events are kept in memory to send
+	// agents deltas instead of snapshots. Default 100,000.
+	EventWindow int
+}
+
+// Registry is the validated, cached view of registration entries.
+type Registry struct {
+	cfg      Config
+	serverID string
+
+	catchMu sync.Mutex // serialises catchUp
+
+	mu    sync.RWMutex
+	idx   *index
+	rev   uint64
+	floor uint64        // deltas can be computed for since >= floor
+	ring  []store.Event // events after floor, oldest first
+
+	subMu  sync.Mutex
+	subs   map[int]chan struct{}
+	nextID int
+}
+
+// New returns a Registry; call Load before serving and Run to follow
+// changes made by other replicas.
+func New(cfg Config) *Registry {
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.PollInterval == 0 {
+		cfg.PollInterval = time.Second
+	}
+	if cfg.EventWindow == 0 {
+		cfg.EventWindow = 100_000
+	}
+	return &Registry{
+		cfg:      cfg,
+		serverID: ServerID(cfg.TrustDomain).String(),
+		idx:      newIndex(),
+		subs:     map[int]chan struct{}{},
+	}
+}
+
+// ServerID is the SPIFFE ID of the Tally server. Entries parented to it
+// with node selectors are node aliases.
+func ServerID(td spiffeid.TrustDomain) spiffeid.ID {
+	return spiffeid.RequireFromPath(td, "/tally/server")
+}
+
+// Load reads every entry from the store. It may be called again to reload.
+func (r *Registry) Load(ctx context.Context) error {
+	r.catchMu.Lock()
+	defer r.catchMu.Unlock()
+	return r.loadLocked(ctx)
+}
+
+func (r *Registry) loadLocked(ctx context.Context) error {
+	rev, err := r.cfg.Store.Revision(ctx)
+	if err != nil {
+		return fmt.Errorf("registry: load: %w", err)
+	}
+	idx := newIndex()
+	after := ""
+	for {
+		page, err := r.cfg.Store.ListEntries(ctx, store.EntryFilter{AfterID: after, Limit: 10_000})
+		if err != nil {
+			return fmt.Errorf("registry: load: %w", err)
+		}
+		for i := range page {
+			idx.put(&page[i])
+		}
+		if len(page) < 10_000 {
+			break
+		}
+		after = page[len(page)-1].ID
+	}
+	r.mu.Lock()
+	r.idx, r.rev, r.floor, r.ring = idx, rev, rev, nil
+	r.mu.Unlock()
+	if err := r.catchUpLocked(ctx); err != nil {
+		return err
+	}
+	r.notify()
+	return nil
+}
+
+// Run follows the store's event log until ctx is done.
+func (r *Registry) Run(ctx context.Context) error {
+	t := r.cfg.Clock.NewTicker(r.cfg.PollInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C():
+			if err := r.CatchUp(ctx); err != nil && ctx.Err() == nil {
+				r.cfg.Logger.Warn("registry: following the event log", "error", err)
+			}
+		}
+	}
+}
+
+// CatchUp applies the events written since the last call.
+func (r *Registry) CatchUp(ctx context.Context) error {
+	r.catchMu.Lock()
+	defer r.catchMu.Unlock()
+	return r.catchUpLocked(ctx)
+}
+
+func (r *Registry) catchUpLocked(ctx context.Context) error {
+	changed := false
+	for {
+		r.mu.RLock()
+		after := r.rev
+		r.mu.RUnlock()
+		evs, err := r.cfg.Store.Events(ctx, after, 10_000)
+		if errors.Is(err, store.ErrCompacted) {
+			r.cfg.Logger.Warn("registry: event log compacted past our revision, reloading", "revision", after)
+			return r.loadLocked(ctx)
+		}
+		if err != nil {
+			return fmt.Errorf("registry: events after %d: %w", after, err)
+		}
+		if len(evs) == 0 {
+			break
+		}
+		r.apply(evs)
+		changed = true
+	}
+	if changed {
+		r.notify()
+	}
+	return nil
+}
+
+func (r *Registry) apply(evs []store.Event) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i := range evs {
+		ev := evs[i]
+		if ev.Revision <= r.rev {
+			continue
+		}
+		cur := r.idx.entries[ev.Entry.ID]
+		switch ev.Type {
+		case store.EventDeleted:
+			if cur != nil && cur.Revision <= ev.Revision {
+				r.idx.remove(cur)
+			}
+		default:
+			if cur == nil || cur.Revision < ev.Revision {
+				e := ev.Entry
+				r.idx.put(&e)
+			}
+		}
+		r.ring = append(r.ring, ev)
+		r.rev = ev.Revision
+	}
+	if over := len(r.ring) - r.cfg.EventWindow; over > 0 {
+		drop := max(over, r.cfg.EventWindow/4)
+		r.floor = r.ring[drop-1].Revision
+		r.ring = append([]store.Event(nil), r.ring[drop:]...)
+	}
+}
+
+// Subscribe returns a channel that receives a value (latest wins) whenever
+// the entry set changes, and a function to unsubscribe.
+func (r *Registry) Subscribe() (<-chan struct{}, func()) {
+	ch := make(chan struct{}, 1)
+	r.subMu.Lock()
+	id := r.nextID
+	r.nextID++
+	r.subs[id] = ch
+	r.subMu.Unlock()
+	return ch, func() {
+		r.subMu.Lock()
+		delete(r.subs, id)
+		r.subMu.Unlock()
+	}
+}
+
+func (r *Registry) notify() {
+	r.subMu.Lock()
+	defer r.subMu.Unlock()
+	for _, ch := range r.subs {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Revision is the revision the in-memory view is current at.
+func (r *Registry) Revision() uint64 {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.rev
+}
+
+// Count is the number of entries.
+func (r *Registry) Count() int {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return len(r.idx.entries)
+}
+
+// CreateEntries validates all entries, then creates all or none. IDs are
+// assigned here; the returned entries are as stored.
+func (r *Registry) CreateEntries(ctx context.Context, entries []store.Entry) ([]store.Entry, error) {
+	if len(entries) == 0 {
+		return nil, fmt.Errorf("%w: no entries given", ErrInvalid)
+	}
+	now := r.cfg.Clock.Now().UTC().Truncate(time.Second)
+	for i := range entries {
+		if err := ValidateEntry(r.cfg.TrustDomain, r.cfg.Limits, &entries[i]); err != nil {
+			return nil, fmt.Errorf("entry %d: %w", i, err)
+		}
+		entries[i].ID = NewID()
+		entries[i].CreatedAt = now
+	}
+	out, err := r.cfg.Store.CreateEntries(ctx, entries)
+	if err != nil {
+		return nil, err
+	}
+	return out, r.CatchUp(ctx)
+}
+
+// UpdateEntry validates e and replaces the entry with e.ID.
+func (r *Registry) UpdateEntry(ctx context.Context, e store.Entry) (store.Entry, error) {
+	if e.ID == "" {
+		return store.Entry{}, fmt.Errorf("%w: id is required", ErrInvalid)
+	}
+	if err := ValidateEntry(r.cfg.TrustDomain, r.cfg.Limits, &e); err != nil {
+		return store.Entry{}, err
+	}
+	out, err := r.cfg.Store.UpdateEntry(ctx, e)
+	if err != nil {
+		return store.Entry{}, err
+	}
+	return out, r.CatchUp(ctx)
+}
+
+// DeleteEntries deletes all entries or none.
+func (r *Registry) DeleteEntries(ctx context.Context, ids []string) error {
+	if len(ids) == 0 {
+		return fmt.Errorf("%w: no entry ids given", ErrInvalid)
+	}
+	if err := r.cfg.Store.DeleteEntries(ctx, ids); err != nil {
+		return err
+	}
+	return r.CatchUp(ctx)
+}
+
+// GetEntry returns an entry from the store.
+func (r *Registry) GetEntry(ctx context.Context, id string) (store.Entry, error) {
+	return r.cfg.Store.GetEntry(ctx, id)
+}
+
+// ListEntries lists entries from the store.
+func (r *Registry) ListEntries(ctx context.Context, f store.EntryFilter) ([]store.Entry, error) {
+	for _, s := range f.Selectors {
+		if err := ValidateSelector(s); err != nil {
+			return nil, err
+		}
+	}
+	return r.cfg.Store.ListEntries(ctx, f)
+}
+
+// IsAdmin reports whether an entry with this SPIFFE ID has the admin flag.
+func (r *Registry) IsAdmin(id string) bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	for _, e := range r.idx.bySPIFFE[id] {
+		if e.Admin {
+			return true
+		}
+	}
+	return false
+}
+
+// NewID returns a random UUIDv4 string.
+func NewID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
+}

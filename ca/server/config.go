@@ -1,0 +1,150 @@
+// Package server wires the Tally server: store, authority, registry, the
+// Node and Admin gRPC APIs, the HTTPS bundle and OIDC endpoints, and health.
+package server
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"time"
+
+	"github.com/spf13/pflag"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is the server configuration: a YAML file (unknown keys refused),
+// every key also a flag of the same name with dashes.
+type Config struct {
+	// TrustDomain is the trust domain name, e.g. example.org. Required.
+	TrustDomain string `yaml:"trust_domain"`
+	// DataDir holds the store and the key files. Default ./tally-data.
+	DataDir string `yaml:"data_dir"`
+	// BindAddress serves the Node API (and the Admin API over mTLS).
+	BindAddress string `yaml:"bind_address"`
+	// HTTPAddress serves HTTPS: the SPIFFE bundle endpoint (https_spiffe)
+	// at /, OIDC discovery at /.well-known/openid-configuration and /keys.
+	HTTPAddress string `yaml:"http_address"`
+	// HealthAddress serves /livez, /readyz and /metrics over plain HTTP.
+	HealthAddress string `yaml:"health_address"`
+	// AdminSocket is the Admin API's Unix socket (mode 0600).
+	AdminSocket string `yaml:"admin_socket"`
+	// CATTL is the lifetime of each signing key; rotation prepares a new key
+	// at 1/2 and activates it at 5/6 of it.
+	CATTL time.Duration `yaml:"ca_ttl"`
+	// X509SVIDTTL and JWTSVIDTTL are the default SVID lifetimes; they may
+	// not exceed ca_ttl/6.
+	X509SVIDTTL time.Duration `yaml:"x509_svid_ttl"`
+	JWTSVIDTTL  time.Duration `yaml:"jwt_svid_ttl"`
+	// AgentSVIDTTL is the lifetime of agent SVIDs (default x509_svid_ttl).
+	AgentSVIDTTL time.Duration `yaml:"agent_svid_ttl"`
+	// JWTIssuer is the OIDC issuer URL for JWT-SVIDs (iss claim and
+	// discovery). Default: https://<http_address>.
+	JWTIssuer string `yaml:"jwt_issuer"`
+	// UpstreamCertFile and UpstreamKeyFile: an upstream CA that signs the
+	// server's intermediates, instead of a self-signed root.
+	UpstreamCertFile string `yaml:"upstream_cert_file"`
+	UpstreamKeyFile  string `yaml:"upstream_key_file"`
+	// AdminIDs may call the Admin API over mTLS on bind_address.
+	AdminIDs []string `yaml:"admin_ids"`
+	// LogLevel is debug, info, warn or error; LogFormat is json or text.
+	LogLevel  string `yaml:"log_level"`
+	LogFormat string `yaml:"log_format"`
+}
+
+// DefaultConfig returns the documented defaults.
+func DefaultConfig() Config {
+	return Config{
+		DataDir:       "./tally-data",
+		BindAddress:   "127.0.0.1:8081",
+		HTTPAddress:   "127.0.0.1:8443",
+		HealthAddress: "127.0.0.1:8080",
+		AdminSocket:   "/run/tally/admin.sock",
+		CATTL:         24 * time.Hour,
+		X509SVIDTTL:   time.Hour,
+		JWTSVIDTTL:    5 * time.Minute,
+		LogLevel:      "info",
+		LogFormat:     "json",
+	}
+}
+
+// BindFlags registers one flag per option, writing into c.
+func BindFlags(fs *pflag.FlagSet, c *Config) {
+	fs.StringVar(&c.TrustDomain, "trust-domain", c.TrustDomain, "trust domain name (required)")
+	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "directory for the store and key files")
+	fs.StringVar(&c.BindAddress, "bind-address", c.BindAddress, "Node API (gRPC over TLS) address")
+	fs.StringVar(&c.HTTPAddress, "http-address", c.HTTPAddress, "HTTPS address: bundle endpoint and OIDC discovery")
+	fs.StringVar(&c.HealthAddress, "health-address", c.HealthAddress, "HTTP address of /livez, /readyz, /metrics")
+	fs.StringVar(&c.AdminSocket, "admin-socket", c.AdminSocket, "Admin API Unix socket")
+	fs.DurationVar(&c.CATTL, "ca-ttl", c.CATTL, "lifetime of each CA signing key")
+	fs.DurationVar(&c.X509SVIDTTL, "x509-svid-ttl", c.X509SVIDTTL, "default X509-SVID lifetime (at most ca-ttl/6)")
+	fs.DurationVar(&c.JWTSVIDTTL, "jwt-svid-ttl", c.JWTSVIDTTL, "default JWT-SVID lifetime (at most ca-ttl/6)")
+	fs.DurationVar(&c.AgentSVIDTTL, "agent-svid-ttl", c.AgentSVIDTTL, "agent SVID lifetime (default x509-svid-ttl)")
+	fs.StringVar(&c.JWTIssuer, "jwt-issuer", c.JWTIssuer, "OIDC issuer URL of JWT-SVIDs (default https://<http-address>)")
+	fs.StringVar(&c.UpstreamCertFile, "upstream-cert-file", c.UpstreamCertFile, "upstream CA certificate (PEM)")
+	fs.StringVar(&c.UpstreamKeyFile, "upstream-key-file", c.UpstreamKeyFile, "upstream CA private key (PEM)")
+	fs.StringSliceVar(&c.AdminIDs, "admin-id", c.AdminIDs, "SPIFFE ID allowed to call the Admin API over mTLS (repeatable)")
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
+	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "json or text")
+}
+
+// LoadFile reads a YAML config over c. Unknown keys are refused, naming the
+// key and the file.
+func LoadFile(path string, c *Config) error {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	return nil
+}
+
+// Validate checks the configuration as a whole.
+func (c Config) Validate() error {
+	if c.TrustDomain == "" {
+		return errors.New("config: trust_domain is required")
+	}
+	if _, err := spiffeid.TrustDomainFromString(c.TrustDomain); err != nil {
+		return fmt.Errorf("config: trust_domain %q: %w", c.TrustDomain, err)
+	}
+	for key, addr := range map[string]string{"bind_address": c.BindAddress, "http_address": c.HTTPAddress, "health_address": c.HealthAddress} {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return fmt.Errorf("config: %s %q: %w", key, addr, err)
+		}
+	}
+	if c.DataDir == "" || c.AdminSocket == "" {
+		return errors.New("config: data_dir and admin_socket are required")
+	}
+	for key, d := range map[string]time.Duration{"ca_ttl": c.CATTL, "x509_svid_ttl": c.X509SVIDTTL, "jwt_svid_ttl": c.JWTSVIDTTL} {
+		if d <= 0 {
+			return fmt.Errorf("config: %s must be positive, got %s", key, d)
+		}
+	}
+	if c.AgentSVIDTTL < 0 {
+		return fmt.Errorf("config: agent_svid_ttl must not be negative, got %s", c.AgentSVIDTTL)
+	}
+	if (c.UpstreamCertFile == "") != (c.UpstreamKeyFile == "") {
+		return errors.New("config: upstream_cert_file and upstream_key_file go together")
+	}
+	for _, id := range c.AdminIDs {
+		if _, err := spiffeid.FromString(id); err != nil {
+			return fmt.Errorf("config: admin_ids: %q: %w", id, err)
+		}
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("config: log_level %q: want debug, info, warn or error", c.LogLevel)
+	}
+	if c.LogFormat != "json" && c.LogFormat != "text" {
+		return fmt.Errorf("config: log_format %q: want json or text", c.LogFormat)
+	}
+	return nil
+}

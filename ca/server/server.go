@@ -1,0 +1,346 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+	"k8s.io/utils/clock"
+
+	"github.com/tallyid/tally/attest"
+	"github.com/tallyid/tally/attest/jointoken"
+	"github.com/tallyid/tally/ca"
+	"github.com/tallyid/tally/ca/api"
+	"github.com/tallyid/tally/ca/registry"
+	"github.com/tallyid/tally/ca/store"
+	"github.com/tallyid/tally/ca/store/badgerstore"
+	"github.com/tallyid/tally/internal/peercred"
+	tallyv1 "github.com/tallyid/tally/proto/tally/v1"
+)
+
+// Server is a running Tally server.
+type Server struct {
+	cfg   Config
+	td    spiffeid.TrustDomain
+	log   *slog.Logger
+	clock clock.WithTicker
+	ready atomic.Bool
+	// Ready is closed once every listener serves. For tests and run scripts.
+	readyCh chan struct{}
+}
+
+// New returns a server for a validated config.
+func New(cfg Config, log *slog.Logger) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.AgentSVIDTTL == 0 {
+		cfg.AgentSVIDTTL = cfg.X509SVIDTTL
+	}
+	td := spiffeid.RequireTrustDomainFromString(cfg.TrustDomain)
+	if cfg.JWTIssuer == "" {
+		cfg.JWTIssuer = "https://" + cfg.HTTPAddress
+	}
+	return &Server{cfg: cfg, td: td, log: log, clock: clock.RealClock{}, readyCh: make(chan struct{})}, nil
+}
+
+// Ready is closed when the server serves on every address.
+func (s *Server) Ready() <-chan struct{} { return s.readyCh }
+
+// Run starts everything and serves until ctx is done or a component fails.
+func (s *Server) Run(ctx context.Context) error {
+	cfg := s.cfg
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("server: data dir: %w", err)
+	}
+	st, err := badgerstore.Open(badgerstore.Config{Dir: filepath.Join(cfg.DataDir, "store"), Logger: s.log})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	authority, err := ca.New(ctx, ca.Config{
+		TrustDomain:      s.td,
+		KeyDir:           filepath.Join(cfg.DataDir, "keys"),
+		Journal:          st,
+		CATTL:            cfg.CATTL,
+		X509SVIDTTL:      cfg.X509SVIDTTL,
+		JWTSVIDTTL:       cfg.JWTSVIDTTL,
+		UpstreamCertFile: cfg.UpstreamCertFile,
+		UpstreamKeyFile:  cfg.UpstreamKeyFile,
+		Clock:            s.clock,
+		Logger:           s.log.With("component", "ca"),
+	})
+	if err != nil {
+		return err
+	}
+	entries := registry.New(registry.Config{
+		TrustDomain: s.td,
+		Store:       st,
+		Limits:      registry.Limits{MaxTTL: cfg.CATTL / 6},
+		Logger:      s.log.With("component", "registry"),
+	})
+	if err := entries.Load(ctx); err != nil {
+		return err
+	}
+	registerGauges(reg, entries, st, authority)
+	metrics := api.NewMetrics(reg)
+
+	svid := newServerSVID(registry.ServerID(s.td), authority, s.clock, s.log.With("component", "server-svid"))
+	if err := svid.renew(ctx); err != nil {
+		return err
+	}
+	tokens := joinTokens{st: st, clock: s.clock}
+	node := api.NewNode(api.NodeConfig{
+		TrustDomain:  s.td,
+		Authority:    authority,
+		Entries:      entries,
+		Agents:       st,
+		Attestors:    map[string]attest.NodeAttestor{jointoken.Type: jointoken.New(s.td, tokens)},
+		AgentSVIDTTL: cfg.AgentSVIDTTL,
+		JWTIssuer:    cfg.JWTIssuer,
+		Metrics:      metrics,
+		Logger:       s.log.With("component", "node-api"),
+	})
+	admin := api.NewAdmin(api.AdminConfig{
+		TrustDomain: s.td,
+		Authority:   authority,
+		Registry:    entries,
+		Store:       st,
+		TokenKey:    jointoken.TokenID,
+		AdminIDs:    cfg.AdminIDs,
+		JWTIssuer:   cfg.JWTIssuer,
+		Metrics:     metrics,
+		Logger:      s.log.With("component", "admin-api"),
+	})
+
+	// Node API (and Admin API for admin SVIDs) over TLS.
+	tlsGRPC := grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(&tls.Config{
+			MinVersion:     tls.VersionTLS12,
+			GetCertificate: svid.GetCertificate,
+			// Client SVIDs are verified per call against the current bundle;
+			// AttestAgent is called without one.
+			ClientAuth: tls.RequestClientCert,
+		})),
+		grpc.UnaryInterceptor(admin.AdminTLSInterceptor),
+		grpc.MaxRecvMsgSize(64<<20),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	)
+	tallyv1.RegisterNodeServer(tlsGRPC, node)
+	tallyv1.RegisterAdminServer(tlsGRPC, admin)
+	nodeLis, err := net.Listen("tcp", cfg.BindAddress)
+	if err != nil {
+		return fmt.Errorf("server: bind_address: %w", err)
+	}
+
+	// Admin API on the Unix socket: the file mode is the authorisation.
+	unixGRPC := grpc.NewServer(grpc.Creds(peercred.Credentials()), grpc.MaxRecvMsgSize(64<<20))
+	tallyv1.RegisterAdminServer(unixGRPC, admin)
+	adminLis, err := listenUnix(cfg.AdminSocket)
+	if err != nil {
+		nodeLis.Close()
+		return err
+	}
+
+	httpsLis, err := net.Listen("tcp", cfg.HTTPAddress)
+	if err != nil {
+		nodeLis.Close()
+		adminLis.Close()
+		return fmt.Errorf("server: http_address: %w", err)
+	}
+	https := &http.Server{
+		Handler:           publicHandler(authority, cfg.JWTIssuer, s.log),
+		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: svid.GetCertificate},
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	healthLis, err := net.Listen("tcp", cfg.HealthAddress)
+	if err != nil {
+		nodeLis.Close()
+		adminLis.Close()
+		httpsLis.Close()
+		return fmt.Errorf("server: health_address: %w", err)
+	}
+	health := &http.Server{Handler: s.healthHandler(reg), ReadHeaderTimeout: 10 * time.Second}
+
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return authority.Run(ctx) })
+	g.Go(func() error { return entries.Run(ctx) })
+	g.Go(func() error { return st.Run(ctx) })
+	g.Go(func() error { return svid.Run(ctx) })
+	g.Go(func() error { return housekeeping(ctx, st, s.clock, s.log) })
+	g.Go(func() error { return serveGRPC(ctx, tlsGRPC, nodeLis) })
+	g.Go(func() error { return serveGRPC(ctx, unixGRPC, adminLis) })
+	g.Go(func() error { return serveHTTP(ctx, https, httpsLis, true) })
+	g.Go(func() error { return serveHTTP(ctx, health, healthLis, false) })
+	s.ready.Store(true)
+	close(s.readyCh)
+	s.log.Info("tally server ready", "trust_domain", s.td.Name(), "bind_address", nodeLis.Addr().String(),
+		"http_address", httpsLis.Addr().String(), "health_address", healthLis.Addr().String(), "admin_socket", cfg.AdminSocket,
+		"entries", entries.Count())
+	err = g.Wait()
+	s.ready.Store(false)
+	return err
+}
+
+func (s *Server) healthHandler(reg *prometheus.Registry) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !s.ready.Load() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	return mux
+}
+
+func listenUnix(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("server: admin socket dir: %w", err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("server: admin socket: %w", err)
+	}
+	lis, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("server: admin socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		lis.Close()
+		return nil, fmt.Errorf("server: admin socket: %w", err)
+	}
+	return lis, nil
+}
+
+func serveGRPC(ctx context.Context, srv *grpc.Server, lis net.Listener) error {
+	go func() {
+		<-ctx.Done()
+		stopped := make(chan struct{})
+		go func() { srv.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(5 * time.Second):
+			srv.Stop()
+		}
+	}()
+	if err := srv.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		return err
+	}
+	return nil
+}
+
+func serveHTTP(ctx context.Context, srv *http.Server, lis net.Listener, tlsOn bool) error {
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	var err error
+	if tlsOn {
+		err = srv.ServeTLS(lis, "", "")
+	} else {
+		err = srv.Serve(lis)
+	}
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// housekeeping prunes expired join tokens and old events every minute.
+func housekeeping(ctx context.Context, st store.Store, clk clock.WithTicker, log *slog.Logger) error {
+	const keepEvents = 1_000_000
+	t := clk.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C():
+		}
+		if n, err := st.PruneJoinTokens(ctx, clk.Now()); err != nil {
+			log.Warn("pruning join tokens", "error", err)
+		} else if n > 0 {
+			log.Info("pruned expired join tokens", "count", n)
+		}
+		if rev, err := st.Revision(ctx); err == nil && rev > keepEvents {
+			if err := st.PruneEvents(ctx, rev-keepEvents); err != nil {
+				log.Warn("pruning events", "error", err)
+			}
+		}
+	}
+}
+
+// joinTokens adapts the store to the join-token attestor. Tokens are
+// stored under their public ID, never as the secret.
+type joinTokens struct {
+	st    store.Store
+	clock clock.PassiveClock
+}
+
+func (j joinTokens) ConsumeJoinToken(ctx context.Context, token string) (string, error) {
+	t, err := j.st.ConsumeJoinToken(ctx, jointoken.TokenID(token), j.clock.Now())
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return "", jointoken.ErrUnknown
+	case errors.Is(err, store.ErrExpired):
+		return "", jointoken.ErrExpired
+	case err != nil:
+		return "", err
+	}
+	return t.Alias, nil
+}
+
+func registerGauges(reg *prometheus.Registry, entries *registry.Registry, st store.Store, a *ca.Authority) {
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "tally_server_entries", Help: "Registration entries.",
+	}, func() float64 { return float64(entries.Count()) }))
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "tally_server_agents", Help: "Attested agents.",
+	}, func() float64 {
+		agents, err := st.ListAgents(context.Background())
+		if err != nil {
+			return -1
+		}
+		return float64(len(agents))
+	}))
+	reg.MustRegister(slotCollector{a: a, desc: prometheus.NewDesc("tally_server_ca_slot_expiry_timestamp_seconds",
+		"Expiry of each CA key slot, by kind (x509, jwt) and status (prepared, active, old).", []string{"kind", "status", "id"}, nil)})
+}
+
+type slotCollector struct {
+	a    *ca.Authority
+	desc *prometheus.Desc
+}
+
+func (c slotCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c slotCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, s := range c.a.Slots() {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(s.NotAfter.Unix()), string(s.Kind), string(s.Status), s.ID)
+	}
+}

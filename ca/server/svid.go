@@ -1,0 +1,93 @@
+package server
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"k8s.io/utils/clock"
+
+	"github.com/tallyid/tally/ca"
+)
+
+// x509Signer is what the server's own SVID needs of the authority.
+type x509Signer interface {
+	SignX509SVID(ctx context.Context, p ca.X509SVIDParams) ([]*x509.Certificate, error)
+}
+
+// serverSVID keeps the server's own X509-SVID (spiffe://<td>/tally/server)
+// for its TLS listeners and renews it at half its lifetime.
+type serverSVID struct {
+	id     spiffeid.ID
+	signer x509Signer
+	clock  clock.Clock
+	log    *slog.Logger
+	cert   atomic.Pointer[tls.Certificate]
+}
+
+func newServerSVID(id spiffeid.ID, signer x509Signer, clk clock.Clock, log *slog.Logger) *serverSVID {
+	return &serverSVID{id: id, signer: signer, clock: clk, log: log}
+}
+
+// renew signs a fresh SVID with a new key.
+func (s *serverSVID) renew(ctx context.Context) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return fmt.Errorf("server svid: %w", err)
+	}
+	chain, err := s.signer.SignX509SVID(ctx, ca.X509SVIDParams{PublicKey: key.Public(), ID: s.id})
+	if err != nil {
+		return fmt.Errorf("server svid: %w", err)
+	}
+	c := &tls.Certificate{PrivateKey: key, Leaf: chain[0]}
+	for _, x := range chain {
+		c.Certificate = append(c.Certificate, x.Raw)
+	}
+	s.cert.Store(c)
+	s.log.Info("server SVID renewed", "spiffe_id", s.id.String(), "expires_at", chain[0].NotAfter)
+	return nil
+}
+
+// Run renews the SVID at half its lifetime until ctx is done; failures are
+// retried with capped backoff.
+func (s *serverSVID) Run(ctx context.Context) error {
+	backoff := time.Second
+	failed := false
+	for {
+		wait := backoff
+		if c := s.cert.Load(); c != nil && !failed {
+			half := c.Leaf.NotBefore.Add(c.Leaf.NotAfter.Sub(c.Leaf.NotBefore) / 2)
+			wait = max(half.Sub(s.clock.Now()), 0)
+		}
+		t := s.clock.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C():
+		}
+		if err := s.renew(ctx); err != nil {
+			s.log.Warn("renewing server SVID", "error", err, "retry_in", backoff)
+			failed = true
+			backoff = min(backoff*2, time.Minute)
+			continue
+		}
+		failed, backoff = false, time.Second
+	}
+}
+
+// GetCertificate serves the current SVID to TLS handshakes.
+func (s *serverSVID) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	if c := s.cert.Load(); c != nil {
+		return c, nil
+	}
+	return nil, fmt.Errorf("server svid: not available")
+}

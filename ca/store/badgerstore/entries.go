@@ -1,0 +1,367 @@
+package badgerstore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/tallyid/tally/ca/store"
+)
+
+// CreateEntries inserts all entries in one transaction, or none. It fails with
+// store.ErrAlreadyExists, naming the entry, if an ID is stored or repeated in
+// the batch, or if an entry equals a stored or earlier one in spiffe_id,
+// parent_id and selector set. The returned entries carry their revisions,
+// consecutive in batch order; CreatedAt is kept as given.
+func (s *Store) CreateEntries(ctx context.Context, entries []store.Entry) ([]store.Entry, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("badgerstore: create entries: %w", err)
+	}
+	if len(entries) == 0 {
+		return []store.Entry{}, nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+
+	rev := s.rev.Load()
+	out := make([]store.Entry, len(entries))
+	ids := make(map[string]struct{}, len(entries))
+	dups := make(map[string]string, len(entries))
+	err := s.db.Update(func(txn *badger.Txn) error {
+		for i, e := range entries {
+			if e.ID == "" {
+				return fmt.Errorf("entry %d has no id", i)
+			}
+			if _, ok := ids[e.ID]; ok {
+				return fmt.Errorf("entry %q is in the batch twice: %w", e.ID, store.ErrAlreadyExists)
+			}
+			ids[e.ID] = struct{}{}
+			found, err := exists(txn, entryKey(e.ID))
+			if err != nil {
+				return err
+			}
+			if found {
+				return fmt.Errorf("entry %q: id is taken: %w", e.ID, store.ErrAlreadyExists)
+			}
+			dk := dupKey(e)
+			if other, ok := dups[string(dk)]; ok {
+				return fmt.Errorf("entry %q equals entry %q of the batch: %w", e.ID, other, store.ErrAlreadyExists)
+			}
+			dups[string(dk)] = e.ID
+			other, err := equalEntryID(txn, dk)
+			if err != nil {
+				return err
+			}
+			if other != "" {
+				return fmt.Errorf("entry %q equals stored entry %q: %w", e.ID, other, store.ErrAlreadyExists)
+			}
+
+			rev++
+			e.Revision = rev
+			out[i] = e
+			if err := putEntry(txn, e, dk); err != nil {
+				return err
+			}
+			if err := putEvent(txn, store.Event{Revision: rev, Type: store.EventCreated, Entry: e}); err != nil {
+				return err
+			}
+		}
+		return txn.Set([]byte(keyRevision), encodeUint64(rev))
+	})
+	if errors.Is(err, badger.ErrTxnTooBig) {
+		return nil, fmt.Errorf("badgerstore: create entries: a batch of %d entries does not fit one transaction, split it: %w", len(entries), err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("badgerstore: create entries: %w", err)
+	}
+	s.rev.Store(rev)
+	return out, nil
+}
+
+// UpdateEntry replaces the entry with e.ID, keeping the stored CreatedAt. It
+// returns store.ErrNotFound if there is no such entry and
+// store.ErrAlreadyExists if e would equal another entry.
+func (s *Store) UpdateEntry(ctx context.Context, e store.Entry) (store.Entry, error) {
+	if err := ctx.Err(); err != nil {
+		return store.Entry{}, fmt.Errorf("badgerstore: update entry %q: %w", e.ID, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+
+	rev := s.rev.Load() + 1
+	err := s.db.Update(func(txn *badger.Txn) error {
+		prev, err := getEntry(txn, e.ID)
+		if err != nil {
+			return err
+		}
+		dk := dupKey(e)
+		other, err := equalEntryID(txn, dk)
+		if err != nil {
+			return err
+		}
+		if other != "" && other != e.ID {
+			return fmt.Errorf("entry %q equals entry %q: %w", e.ID, other, store.ErrAlreadyExists)
+		}
+		e.CreatedAt = prev.CreatedAt
+		e.Revision = rev
+		if err := deleteEntry(txn, prev); err != nil {
+			return err
+		}
+		if err := putEntry(txn, e, dk); err != nil {
+			return err
+		}
+		ev := store.Event{Revision: rev, Type: store.EventUpdated, Entry: e, Previous: &prev}
+		if err := putEvent(txn, ev); err != nil {
+			return err
+		}
+		return txn.Set([]byte(keyRevision), encodeUint64(rev))
+	})
+	if err != nil {
+		return store.Entry{}, fmt.Errorf("badgerstore: update entry: %w", err)
+	}
+	s.rev.Store(rev)
+	return e, nil
+}
+
+// DeleteEntries deletes all entries with the given IDs in one transaction, or
+// none: store.ErrNotFound, naming the ID, if one is absent. An ID listed twice
+// is deleted once.
+func (s *Store) DeleteEntries(ctx context.Context, ids []string) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("badgerstore: delete entries: %w", err)
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+
+	rev := s.rev.Load()
+	seen := make(map[string]struct{}, len(ids))
+	err := s.db.Update(func(txn *badger.Txn) error {
+		for _, id := range ids {
+			if _, ok := seen[id]; ok {
+				continue
+			}
+			seen[id] = struct{}{}
+			e, err := getEntry(txn, id)
+			if err != nil {
+				return err
+			}
+			if err := deleteEntry(txn, e); err != nil {
+				return err
+			}
+			rev++
+			if err := putEvent(txn, store.Event{Revision: rev, Type: store.EventDeleted, Entry: e}); err != nil {
+				return err
+			}
+		}
+		return txn.Set([]byte(keyRevision), encodeUint64(rev))
+	})
+	if errors.Is(err, badger.ErrTxnTooBig) {
+		return fmt.Errorf("badgerstore: delete entries: %d entries do not fit one transaction, split them: %w", len(ids), err)
+	}
+	if err != nil {
+		return fmt.Errorf("badgerstore: delete entries: %w", err)
+	}
+	s.rev.Store(rev)
+	return nil
+}
+
+// GetEntry returns the entry or store.ErrNotFound.
+func (s *Store) GetEntry(ctx context.Context, id string) (store.Entry, error) {
+	if err := ctx.Err(); err != nil {
+		return store.Entry{}, fmt.Errorf("badgerstore: get entry %q: %w", id, err)
+	}
+	var e store.Entry
+	err := s.db.View(func(txn *badger.Txn) error {
+		var err error
+		e, err = getEntry(txn, id)
+		return err
+	})
+	if err != nil {
+		return store.Entry{}, fmt.Errorf("badgerstore: %w", err)
+	}
+	return e, nil
+}
+
+// ListEntries returns the entries matching every non-zero field of f, ordered
+// by ID, from one consistent snapshot. Filters are answered from indexes:
+// with several, their sorted ID lists are intersected by leapfrogging, so the
+// cost follows the result size, not the table size.
+func (s *Store) ListEntries(ctx context.Context, f store.EntryFilter) ([]store.Entry, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("badgerstore: list entries: %w", err)
+	}
+	var out []store.Entry
+	err := s.db.View(func(txn *badger.Txn) error {
+		var prefixes [][]byte
+		if f.SPIFFEID != "" {
+			prefixes = append(prefixes, spiffePrefix(f.SPIFFEID))
+		}
+		if f.ParentID != "" {
+			prefixes = append(prefixes, parentPrefix(f.ParentID))
+		}
+		for _, sel := range selectorSet(f.Selectors) {
+			prefixes = append(prefixes, selectorPrefix(sel))
+		}
+		if len(prefixes) == 0 {
+			var err error
+			out, err = scanEntries(txn, f.AfterID, f.Limit)
+			return err
+		}
+		return intersect(txn, prefixes, f.AfterID, func(id string) (bool, error) {
+			e, err := getEntry(txn, id)
+			if err != nil {
+				return false, err
+			}
+			out = append(out, e)
+			return f.Limit <= 0 || len(out) < f.Limit, nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("badgerstore: list entries: %w", err)
+	}
+	return out, nil
+}
+
+// scanEntries reads entries in ID order after afterID, at most limit (0: all).
+func scanEntries(txn *badger.Txn, afterID string, limit int) ([]store.Entry, error) {
+	prefix := []byte(prefixEntry)
+	it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, PrefetchSize: 100, Prefix: prefix})
+	defer it.Close()
+	var out []store.Entry
+	for it.Seek(entryKey(afterID)); it.Valid(); it.Next() {
+		item := it.Item()
+		if afterID != "" && string(item.Key()[len(prefix):]) == afterID {
+			continue
+		}
+		var e store.Entry
+		if err := item.Value(func(v []byte) error { return json.Unmarshal(v, &e) }); err != nil {
+			return nil, fmt.Errorf("decode %s: %w", item.Key(), err)
+		}
+		out = append(out, e)
+		if limit > 0 && len(out) == limit {
+			break
+		}
+	}
+	return out, nil
+}
+
+// intersect calls emit, in ascending order, with every ID after afterID that
+// follows each of the index prefixes, until emit returns false.
+func intersect(txn *badger.Txn, prefixes [][]byte, afterID string, emit func(id string) (bool, error)) error {
+	its := make([]*badger.Iterator, len(prefixes))
+	for i, p := range prefixes {
+		its[i] = txn.NewIterator(badger.IteratorOptions{Prefix: p})
+		defer its[i].Close()
+	}
+	// seek positions iterator i at the first ID >= id.
+	seek := func(i int, id string) (string, bool) {
+		it, p := its[i], prefixes[i]
+		it.Seek(indexKey(p, id))
+		if !it.Valid() {
+			return "", false
+		}
+		return string(it.Item().Key()[len(p):]), true
+	}
+	candidate := ""
+	if afterID != "" {
+		candidate = afterID + "\x00" // the least ID greater than afterID
+	}
+	for {
+		// Leapfrog: move each index to the candidate; one that lands
+		// further raises the candidate, until all agree.
+		for i, agree := 0, 0; agree < len(its); i = (i + 1) % len(its) {
+			id, ok := seek(i, candidate)
+			if !ok {
+				return nil
+			}
+			if id == candidate {
+				agree++
+			} else {
+				candidate, agree = id, 1
+			}
+		}
+		more, err := emit(candidate)
+		if err != nil || !more {
+			return err
+		}
+		candidate += "\x00"
+	}
+}
+
+// equalEntryID returns the ID of the entry with duplicate key dk, or "".
+func equalEntryID(txn *badger.Txn, dk []byte) (string, error) {
+	item, err := txn.Get(dk)
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	v, err := item.ValueCopy(nil)
+	return string(v), err
+}
+
+// getEntry returns the stored entry or an error wrapping store.ErrNotFound.
+func getEntry(txn *badger.Txn, id string) (store.Entry, error) {
+	item, err := txn.Get(entryKey(id))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return store.Entry{}, fmt.Errorf("entry %q: %w", id, store.ErrNotFound)
+	}
+	if err != nil {
+		return store.Entry{}, fmt.Errorf("entry %q: %w", id, err)
+	}
+	var e store.Entry
+	if err := item.Value(func(v []byte) error { return json.Unmarshal(v, &e) }); err != nil {
+		return store.Entry{}, fmt.Errorf("decode entry %q: %w", id, err)
+	}
+	return e, nil
+}
+
+// putEntry writes e with its index keys; dk is dupKey(e).
+func putEntry(txn *badger.Txn, e store.Entry, dk []byte) error {
+	v, err := json.Marshal(e)
+	if err != nil {
+		return fmt.Errorf("encode entry %q: %w", e.ID, err)
+	}
+	if err := txn.Set(entryKey(e.ID), v); err != nil {
+		return err
+	}
+	if err := txn.Set(dk, []byte(e.ID)); err != nil {
+		return err
+	}
+	for _, k := range indexKeys(e) {
+		if err := txn.Set(k, nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// deleteEntry removes the stored entry e with its index keys.
+func deleteEntry(txn *badger.Txn, e store.Entry) error {
+	keys := append(indexKeys(e), entryKey(e.ID), dupKey(e))
+	for _, k := range keys {
+		if err := txn.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// indexKeys are the filter index keys of e.
+func indexKeys(e store.Entry) [][]byte {
+	keys := [][]byte{
+		indexKey(parentPrefix(e.ParentID), e.ID),
+		indexKey(spiffePrefix(e.SPIFFEID), e.ID),
+	}
+	for _, sel := range selectorSet(e.Selectors) {
+		keys = append(keys, indexKey(selectorPrefix(sel), e.ID))
+	}
+	return keys
+}
