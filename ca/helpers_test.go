@@ -101,7 +101,12 @@ type testEnv struct {
 // JWT validation uses the real time.
 func newTestEnv(t testing.TB, mod func(*Config)) *testEnv {
 	t.Helper()
-	clk := testingclock.NewFakeClock(time.Now().Truncate(time.Second))
+	return newTestEnvAt(t, time.Now().Truncate(time.Second), mod)
+}
+
+func newTestEnvAt(t testing.TB, start time.Time, mod func(*Config)) *testEnv {
+	t.Helper()
+	clk := testingclock.NewFakeClock(start)
 	j := &memJournal{}
 	cfg := Config{
 		TrustDomain: testTD,

@@ -73,7 +73,7 @@ func (c *changes) event(level slog.Level, msg string, s *slot) {
 func (a *Authority) tick(ctx context.Context) (time.Time, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	now := a.clock.Now()
+	now := a.clock.Now().UTC()
 	next := &state{seq: a.st.seq}
 	var all changes
 	var errs []error

@@ -66,9 +66,9 @@ func (s *slot) info() SlotInfo {
 		Kind:        s.kind,
 		Status:      s.status,
 		ID:          s.id,
-		NotBefore:   s.notBefore,
-		NotAfter:    s.notAfter,
-		ActivatedAt: s.activatedAt,
+		NotBefore:   s.notBefore.UTC(),
+		NotAfter:    s.notAfter.UTC(),
+		ActivatedAt: s.activatedAt.UTC(),
 	}
 }
 

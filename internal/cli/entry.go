@@ -40,8 +40,10 @@ func (a *app) newEntryCreateCommand() *cobra.Command {
 The file holds {"entries": [...]}; each entry has spiffe_id, parent_id,
 selectors ([{"type": "unix", "value": "uid:0"}]), dns_names, hint, admin, and
 the TTLs as x509_ttl/jwt_ttl (Go durations, "1h"), x509_ttl_seconds/
-jwt_ttl_seconds, or SPIRE's x509_svid_ttl/jwt_svid_ttl (seconds). All entries
-are created, or none.`,
+jwt_ttl_seconds, or SPIRE's x509_svid_ttl/jwt_svid_ttl (seconds). The
+output of 'entry list -o json' is accepted too: its id, revision and
+created_at are dropped, as the server assigns them. All entries are created,
+or none.`,
 		Example: `  tallyctl entry create --parent-id spiffe://example.org/agent/node1 \
       --spiffe-id spiffe://example.org/web --selector unix:uid:1000 --x509-ttl 1h
   tallyctl entry create --data entries.json`,

@@ -45,8 +45,6 @@ type entryFileJSON struct {
 // only: a Go duration (x509_ttl), seconds (x509_ttl_seconds) or SPIRE's
 // seconds (x509_svid_ttl).
 type entryDataJSON struct {
-	// ID, as in `entry list -o json` output, is passed on to the server.
-	ID             string         `json:"id"`
 	SPIFFEID       string         `json:"spiffe_id"`
 	ParentID       string         `json:"parent_id"`
 	Selectors      []selectorJSON `json:"selectors"`
@@ -60,13 +58,15 @@ type entryDataJSON struct {
 	Hint           string         `json:"hint"`
 	Admin          bool           `json:"admin"`
 
-	// Output only, accepted so that `entry list -o json` output can be fed
-	// back; ignored.
+	// Output only: accepted so that `entry list -o json` output can be fed
+	// back, and dropped, as the server assigns them.
+	ID        json.RawMessage `json:"id"`
 	Revision  json.RawMessage `json:"revision"`
 	CreatedAt json.RawMessage `json:"created_at"`
 }
 
-// parseEntryData parses a --data file: {"entries": [...]}. Unknown fields,
+// parseEntryData parses a --data file: {"entries": [...]}. The output-only
+// fields id, revision and created_at are dropped. Unknown fields,
 // bad selectors, bad TTLs and missing IDs are errors naming the entry by its
 // index; an empty list is an error too.
 func parseEntryData(data []byte) ([]*tallyv1.Entry, error) {
@@ -100,7 +100,6 @@ func parseEntryJSON(raw json.RawMessage) (*tallyv1.Entry, error) {
 		return nil, errors.New("parent_id is missing")
 	}
 	e := &tallyv1.Entry{
-		Id:       d.ID,
 		SpiffeId: d.SPIFFEID,
 		ParentId: d.ParentID,
 		DnsNames: d.DNSNames,

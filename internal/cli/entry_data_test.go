@@ -71,7 +71,7 @@ func TestParseEntryData(t *testing.T) {
 			data: `{"entries": [{"id": "e1", "spiffe_id": "spiffe://example.org/a", "parent_id": "spiffe://example.org/p",
 				"selectors": [], "x509_ttl_seconds": 0, "jwt_ttl_seconds": 0, "dns_names": [], "hint": "",
 				"admin": false, "revision": 4, "created_at": "2023-11-14T22:13:20Z"}]}`,
-			want: []*tallyv1.Entry{{Id: "e1", SpiffeId: "spiffe://example.org/a", ParentId: "spiffe://example.org/p", DnsNames: []string{}}},
+			want: []*tallyv1.Entry{{SpiffeId: "spiffe://example.org/a", ParentId: "spiffe://example.org/p", DnsNames: []string{}}},
 		},
 	}
 	for _, tt := range tests {
@@ -155,7 +155,7 @@ func TestEntryDataAcceptsListOutput(t *testing.T) {
 	got, err := parseEntryData(buf.Bytes())
 	require.NoError(t, err)
 	want := proto.Clone(entries[0]).(*tallyv1.Entry)
-	want.Revision, want.CreatedAt = 0, 0
+	want.Id, want.Revision, want.CreatedAt = "", 0, 0
 	require.Len(t, got, 1)
 	requireProto(t, want, got[0])
 }

@@ -158,6 +158,24 @@ func TestEntryCreateServerError(t *testing.T) {
 	require.Empty(t, res.stdout)
 }
 
+// TestEntryListOutputRecreates checks that `entry list -o json` output can be
+// given back to `entry create --data`.
+func TestEntryListOutputRecreates(t *testing.T) {
+	fake, socket := startFakeAdmin(t)
+	src := testEntry()
+	src.Id, src.Revision, src.CreatedAt = "", 0, 0
+	fake.addEntry(src)
+
+	list := runCLI(t, socket, "", "-o", "json", "entry", "list")
+	require.Equal(t, 0, list.code, list.stderr)
+	res := runCLI(t, socket, list.stdout, "entry", "create", "--data", "-")
+	require.Equal(t, 0, res.code, res.stderr)
+
+	reqs := fake.requests("BatchCreateEntries")
+	require.Len(t, reqs, 1)
+	requireProto(t, &tallyv1.BatchCreateEntriesRequest{Entries: []*tallyv1.Entry{src}}, reqs[0])
+}
+
 func TestEntryShow(t *testing.T) {
 	fake, socket := startFakeAdmin(t)
 	e := fake.addEntry(testEntry())

@@ -208,6 +208,11 @@ func (f *fakeAdmin) BatchCreateEntries(_ context.Context, req *tallyv1.BatchCrea
 	if err := f.record("BatchCreateEntries", req); err != nil {
 		return nil, err
 	}
+	for _, e := range req.Entries {
+		if e.Id != "" || e.Revision != 0 || e.CreatedAt != 0 {
+			return nil, status.Error(codes.InvalidArgument, "id, revision and created_at are output only")
+		}
+	}
 	resp := &tallyv1.BatchCreateEntriesResponse{}
 	for _, e := range req.Entries {
 		resp.Entries = append(resp.Entries, f.addEntry(e))

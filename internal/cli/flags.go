@@ -59,8 +59,8 @@ func checkID(flag, s string) error {
 	return nil
 }
 
-// nonEmpty returns ss without its empty strings, so that a flag given only
-// as '' clears a list.
+// nonEmpty returns ss without its empty strings, so that a list flag given
+// only an empty value (--dns "") clears the list.
 func nonEmpty(ss []string) []string {
 	out := make([]string, 0, len(ss))
 	for _, s := range ss {

@@ -3,6 +3,7 @@ package badgerstore
 import (
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -71,12 +72,18 @@ func BenchmarkOpen100k(b *testing.B) {
 	}
 	require.NoError(b, s.Close())
 
+	var opening, listing time.Duration
 	for b.Loop() {
+		start := time.Now()
 		s, err := Open(Config{Dir: dir})
 		require.NoError(b, err)
+		opened := time.Now()
 		all, err := s.ListEntries(b.Context(), store.EntryFilter{})
 		require.NoError(b, err)
+		opening, listing = opening+opened.Sub(start), listing+time.Since(opened)
 		require.Len(b, all, 100_000)
 		require.NoError(b, s.Close())
 	}
+	b.ReportMetric(float64(opening.Milliseconds())/float64(b.N), "open-ms/op")
+	b.ReportMetric(float64(listing.Milliseconds())/float64(b.N), "list-ms/op")
 }

@@ -36,7 +36,7 @@ func (s *Store) Events(ctx context.Context, after uint64, limit int) ([]store.Ev
 		if err != nil {
 			return err
 		}
-		if false {
+		if after < pruned {
 			return fmt.Errorf("events after %d: oldest kept is %d: %w", after, pruned+1, store.ErrCompacted)
 		}
 		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, PrefetchSize: 100, Prefix: []byte(prefixEvent)})

@@ -1,0 +1,98 @@
+package harness
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"net/url"
+	"testing"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/stretchr/testify/require"
+
+	tallyv1 "github.com/tallyid/tally/proto/tally/v1"
+)
+
+// Agent is a test client of the Node API holding an agent SVID.
+type Agent struct {
+	ID     spiffeid.ID
+	SVID   *x509svid.SVID
+	Bundle *spiffebundle.Bundle
+	Node   tallyv1.NodeClient
+}
+
+// NewKey returns a P-256 key.
+func NewKey(t testing.TB) *ecdsa.PrivateKey {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	return k
+}
+
+// CSR builds a DER CSR for key with the given URI and DNS SANs.
+func CSR(t testing.TB, key crypto.Signer, uris []string, dns []string) []byte {
+	t.Helper()
+	tmpl := &x509.CertificateRequest{DNSNames: dns}
+	for _, u := range uris {
+		parsed, err := url.Parse(u)
+		require.NoError(t, err)
+		tmpl.URIs = append(tmpl.URIs, parsed)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
+	require.NoError(t, err)
+	return der
+}
+
+// AttestJoinToken attests a new agent with token and returns it connected
+// with its SVID.
+func (s *Server) AttestJoinToken(t testing.TB, token string) (*Agent, error) {
+	t.Helper()
+	bundle := s.Bundle(t)
+	key := NewKey(t)
+	resp, err := tallyv1.NewNodeClient(s.Dial(t, bundle, nil)).AttestAgent(context.Background(), &tallyv1.AttestAgentRequest{
+		AttestationType: "join_token",
+		AttestationData: []byte(token),
+		Csr:             CSR(t, key, nil, nil),
+	})
+	if err != nil {
+		return nil, err
+	}
+	svid, err := x509svid.ParseRaw(concat(resp.GetSvidChain()), mustPKCS8(t, key))
+	require.NoError(t, err)
+	b, err := spiffebundle.Parse(s.TrustDomain, resp.GetBundle())
+	require.NoError(t, err)
+	return &Agent{
+		ID:     svid.ID,
+		SVID:   svid,
+		Bundle: b,
+		Node:   tallyv1.NewNodeClient(s.Dial(t, b, TLSCert(svid))),
+	}, nil
+}
+
+// NewToken generates a join token through the Admin API.
+func (s *Server) NewToken(t testing.TB, alias string) string {
+	t.Helper()
+	resp, err := s.Admin(t).CreateJoinToken(context.Background(), &tallyv1.CreateJoinTokenRequest{SpiffeId: alias})
+	require.NoError(t, err)
+	return resp.GetToken()
+}
+
+func concat(chain [][]byte) []byte {
+	var out []byte
+	for _, c := range chain {
+		out = append(out, c...)
+	}
+	return out
+}
+
+func mustPKCS8(t testing.TB, key crypto.PrivateKey) []byte {
+	t.Helper()
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	require.NoError(t, err)
+	return der
+}

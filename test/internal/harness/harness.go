@@ -1,0 +1,257 @@
+// Package harness runs real Tally processes for end-to-end tests: the
+// server binary with its own data dir, ports and admin socket, and clients
+// for its APIs.
+package harness
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+
+	tallyv1 "github.com/tallyid/tally/proto/tally/v1"
+)
+
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+// Binaries returns the directory holding tally-server and tallyctl: $TALLY_BIN
+// if set (make test builds them), else they are built once into the
+// repository's git-ignored .cache/bin.
+func Binaries(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		if d := os.Getenv("TALLY_BIN"); d != "" {
+			binDir = d
+			return
+		}
+		_, file, _, _ := runtime.Caller(0)
+		root := filepath.Join(filepath.Dir(file), "..", "..", "..")
+		binDir = filepath.Join(root, ".cache", "bin")
+		cmd := exec.Command("go", "build", "-o", binDir+"/", "./cmd/...")
+		cmd.Dir = root
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	require.NoError(t, buildErr)
+	return binDir
+}
+
+// FreeAddr returns a loopback address with a port that was free just now.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// Server is a tally-server process.
+type Server struct {
+	TrustDomain spiffeid.TrustDomain
+	Dir         string
+	AdminSocket string
+	BindAddr    string
+	HTTPAddr    string
+	HealthAddr  string
+	// Args are extra flags for `tally-server run`.
+	Args []string
+
+	bin string
+	cmd *exec.Cmd
+	log *lockedBuffer
+	done chan struct{}
+}
+
+// NewServer prepares a server in a fresh temp dir; Start runs it.
+func NewServer(t testing.TB, args ...string) *Server {
+	t.Helper()
+	dir := t.TempDir()
+	return &Server{
+		TrustDomain: spiffeid.RequireTrustDomainFromString("example.org"),
+		Dir:         dir,
+		AdminSocket: filepath.Join(dir, "admin.sock"),
+		BindAddr:    FreeAddr(t),
+		HTTPAddr:    FreeAddr(t),
+		HealthAddr:  FreeAddr(t),
+		Args:        args,
+		bin:         Binaries(t),
+	}
+}
+
+// StartServer prepares and starts a server and stops it when the test ends.
+func StartServer(t testing.TB, args ...string) *Server {
+	s := NewServer(t, args...)
+	s.Start(t)
+	return s
+}
+
+// Command returns the `tally-server run` command line of this server.
+func (s *Server) Command() []string {
+	return append([]string{filepath.Join(s.bin, "tally-server"), "run",
+		"--trust-domain", s.TrustDomain.Name(),
+		"--data-dir", filepath.Join(s.Dir, "data"),
+		"--admin-socket", s.AdminSocket,
+		"--bind-address", s.BindAddr,
+		"--http-address", s.HTTPAddr,
+		"--health-address", s.HealthAddr,
+		"--log-level", "debug",
+	}, s.Args...)
+}
+
+// Start runs the server process and waits until /readyz answers.
+func (s *Server) Start(t testing.TB) {
+	t.Helper()
+	argv := s.Command()
+	s.log = &lockedBuffer{}
+	s.cmd = exec.Command(argv[0], argv[1:]...)
+	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
+	require.NoError(t, s.cmd.Start())
+	s.done = make(chan struct{})
+	cmd, done := s.cmd, s.done
+	go func() { _ = cmd.Wait(); close(done) }()
+	t.Cleanup(func() { s.stop(syscall.SIGTERM) })
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := http.Get("http://" + s.HealthAddr + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		select {
+		case <-done:
+			t.Fatalf("tally-server exited during start:\n%s", s.Log())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("tally-server not ready after 60s:\n%s", s.Log())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Stop ends the server with SIGTERM and waits for it.
+func (s *Server) Stop(t testing.TB) { t.Helper(); s.stop(syscall.SIGTERM) }
+
+// Kill ends the server with SIGKILL (kill -9) and waits for it.
+func (s *Server) Kill(t testing.TB) { t.Helper(); s.stop(syscall.SIGKILL) }
+
+func (s *Server) stop(sig syscall.Signal) {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return
+	}
+	select {
+	case <-s.done:
+		return
+	default:
+	}
+	_ = s.cmd.Process.Signal(sig)
+	select {
+	case <-s.done:
+	case <-time.After(20 * time.Second):
+		_ = s.cmd.Process.Kill()
+		<-s.done
+	}
+}
+
+// Log is everything the server printed so far.
+func (s *Server) Log() string { return s.log.String() }
+
+// Admin returns an Admin API client over the Unix socket.
+func (s *Server) Admin(t testing.TB) tallyv1.AdminClient {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+s.AdminSocket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	return tallyv1.NewAdminClient(conn)
+}
+
+// Bundle returns the server's current trust bundle.
+func (s *Server) Bundle(t testing.TB) *spiffebundle.Bundle {
+	t.Helper()
+	resp, err := s.Admin(t).GetBundle(context.Background(), &tallyv1.GetBundleRequest{})
+	require.NoError(t, err)
+	b, err := spiffebundle.Parse(s.TrustDomain, resp.GetSpiffeBundle())
+	require.NoError(t, err)
+	return b
+}
+
+// ServerID is the SPIFFE ID the server authenticates with.
+func (s *Server) ServerID() spiffeid.ID {
+	return spiffeid.RequireFromPath(s.TrustDomain, "/tally/server")
+}
+
+// Dial opens a gRPC connection to bind_address, authenticating the server
+// by its SVID against bundle and presenting client (nil: no certificate).
+func (s *Server) Dial(t testing.TB, bundle *spiffebundle.Bundle, client *tls.Certificate) *grpc.ClientConn {
+	t.Helper()
+	cfg := tlsconfig.TLSClientConfig(bundle, tlsconfig.AuthorizeID(s.ServerID()))
+	if client != nil {
+		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return client, nil }
+	}
+	conn, err := grpc.NewClient(s.BindAddr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// Ctl runs tallyctl against this server's admin socket.
+func (s *Server) Ctl(args ...string) (stdout, stderr string, err error) {
+	cmd := exec.Command(filepath.Join(s.bin, "tallyctl"), append([]string{"--socket", s.AdminSocket}, args...)...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err = cmd.Run()
+	return out.String(), errb.String(), err
+}
+
+// TLSCert turns an SVID into a client certificate.
+func TLSCert(svid *x509svid.SVID) *tls.Certificate {
+	c := &tls.Certificate{PrivateKey: svid.PrivateKey, Leaf: svid.Certificates[0]}
+	for _, x := range svid.Certificates {
+		c.Certificate = append(c.Certificate, x.Raw)
+	}
+	return c
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
