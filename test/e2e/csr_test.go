@@ -109,4 +109,3 @@ func TestBatchNewX509SVIDRefusals(t *testing.T) {
 		require.Equal(t, codes.InvalidArgument, status.Code(err), "%v", err)
 	})
 }
-

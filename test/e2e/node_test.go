@@ -303,5 +303,3 @@ func TestSyncEntriesLargeSnapshot(t *testing.T) {
 	require.Len(t, st.entries, 2500)
 	require.Greater(t, msgs, 1, "a large snapshot is chunked")
 }
-
-

@@ -257,8 +257,12 @@ func intersect(txn *badger.Txn, prefixes [][]byte, afterID string, emit func(id 
 	its := make([]*badger.Iterator, len(prefixes))
 	for i, p := range prefixes {
 		its[i] = txn.NewIterator(badger.IteratorOptions{Prefix: p})
-		defer its[i].Close()
 	}
+	defer func() {
+		for _, it := range its {
+			it.Close()
+		}
+	}()
 	// seek positions iterator i at the first ID >= id.
 	seek := func(i int, id string) (string, bool) {
 		it, p := its[i], prefixes[i]

@@ -20,7 +20,7 @@ import (
 //	ix/sel/<len><type><len><value><id>     (empty value)
 //	ev/<revision, 8 bytes big-endian>      event JSON
 //	a/<agent id>                           agent JSON
-//	jt/<token>                             join token JSON
+//	jt/<sha256 of token>                   join token JSON, without the token
 //	m/rev                                  newest revision, 8 bytes big-endian
 //	m/pruned                               newest pruned revision, 8 bytes big-endian
 //	m/journal, m/bundle                    opaque bytes
@@ -42,7 +42,12 @@ const (
 
 func entryKey(id string) []byte { return append([]byte(prefixEntry), id...) }
 func agentKey(id string) []byte { return append([]byte(prefixAgent), id...) }
-func tokenKey(t string) []byte  { return append([]byte(prefixToken), t...) }
+// tokenKey holds a hash of the token, so that neither the database files
+// nor a key in a log line give a usable token away.
+func tokenKey(t string) []byte {
+	h := sha256.Sum256([]byte(t))
+	return append([]byte(prefixToken), h[:]...)
+}
 
 func eventKey(rev uint64) []byte {
 	return binary.BigEndian.AppendUint64([]byte(prefixEvent), rev)

@@ -46,9 +46,9 @@ type Config struct {
 	Clock clock.WithTicker
 }
 
-// Store is a store.Store on badger. Every acknowledged write is synced to
-// disk. All methods are safe for concurrent use; Close must come after Run
-// has returned.
+// Store is a store.Store on badger. Every method that changes something
+// returns only after its transaction is synced to disk. All methods are safe
+// for concurrent use; Close must come after Run has returned.
 type Store struct {
 	db         *badger.DB
 	log        *slog.Logger
@@ -92,14 +92,16 @@ func Open(cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("badgerstore: open %s: %w", cfg.Dir, err)
 	}
-	s := &Store{db: db, log: log, clock: cfg.Clock, gcInterval: cfg.GCInterval}
 	var rev uint64
-	if err := db.View(func(txn *badger.Txn) error {
+	err = db.View(func(txn *badger.Txn) error {
+		var err error
 		rev, err = getUint64(txn, keyRevision)
 		return err
-	}); err != nil {
+	})
+	if err != nil {
 		return nil, errors.Join(fmt.Errorf("badgerstore: open %s: read revision: %w", cfg.Dir, err), db.Close())
 	}
+	s := &Store{db: db, log: log, clock: cfg.Clock, gcInterval: cfg.GCInterval}
 	s.rev.Store(rev)
 	return s, nil
 }
@@ -145,16 +147,16 @@ func (s *Store) collectGarbage(ctx context.Context) {
 	s.log.Debug("value log GC done", "rewrites", rewrites)
 }
 
-// update runs fn in a read-write transaction, again if it conflicts with a
-// concurrent one.
+// update runs fn in a read-write transaction, again if it conflicted with a
+// concurrent one (fn must be safe to rerun).
 func (s *Store) update(fn func(txn *badger.Txn) error) error {
-	for range 10 {
+	const maxAttempts = 10
+	for attempt := 1; ; attempt++ {
 		err := s.db.Update(fn)
-		if !errors.Is(err, badger.ErrConflict) {
+		if !errors.Is(err, badger.ErrConflict) || attempt == maxAttempts {
 			return err
 		}
 	}
-	return s.db.Update(fn)
 }
 
 // getUint64 reads a big-endian counter; a missing key reads as 0.

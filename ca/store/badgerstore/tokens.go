@@ -12,7 +12,8 @@ import (
 	"github.com/tallyid/tally/ca/store"
 )
 
-// Join tokens are secrets: no error or log line of this file contains one.
+// Join tokens are secrets: no error or log line contains one, and the database
+// keeps only their SHA-256 (see tokenKey).
 
 // CreateJoinToken stores t, or returns store.ErrAlreadyExists if a token with
 // the same value is stored.
@@ -23,7 +24,9 @@ func (s *Store) CreateJoinToken(ctx context.Context, t store.JoinToken) error {
 	if t.Token == "" {
 		return errors.New("badgerstore: create join token: empty token")
 	}
-	v, err := json.Marshal(t)
+	stored := t
+	stored.Token = ""
+	v, err := json.Marshal(stored)
 	if err != nil {
 		return fmt.Errorf("badgerstore: create join token: %w", err)
 	}
@@ -62,6 +65,7 @@ func (s *Store) ConsumeJoinToken(ctx context.Context, token string, now time.Tim
 	if err != nil {
 		return store.JoinToken{}, fmt.Errorf("badgerstore: consume join token: %w", err)
 	}
+	t.Token = token
 	if expired(t, now) {
 		return store.JoinToken{}, fmt.Errorf("badgerstore: consume join token: expired at %s: %w", t.ExpiresAt.Format(time.RFC3339), store.ErrExpired)
 	}

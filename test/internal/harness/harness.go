@@ -81,9 +81,9 @@ type Server struct {
 	// Args are extra flags for `tally-server run`.
 	Args []string
 
-	bin string
-	cmd *exec.Cmd
-	log *lockedBuffer
+	bin  string
+	cmd  *exec.Cmd
+	log  *lockedBuffer
 	done chan struct{}
 }
 
