@@ -64,6 +64,7 @@ type Admin struct {
 	tallyv1.UnimplementedAdminServer
 	cfg   AdminConfig
 	audit *slog.Logger
+	peers *peerVerifier
 }
 
 // NewAdmin returns the Admin service.
@@ -86,7 +87,7 @@ func NewAdmin(cfg AdminConfig) *Admin {
 	if cfg.TokenKey == nil {
 		cfg.TokenKey = func(t string) string { return t }
 	}
-	return &Admin{cfg: cfg, audit: auditLogger(cfg.Logger)}
+	return &Admin{cfg: cfg, audit: auditLogger(cfg.Logger), peers: newPeerVerifier(cfg.TrustDomain)}
 }
 
 // BatchCreateEntries creates all entries or none.
@@ -355,7 +356,7 @@ func (a *Admin) AdminTLSInterceptor(ctx context.Context, req any, info *grpc.Una
 	if !strings.HasPrefix(info.FullMethod, "/"+tallyv1.Admin_ServiceDesc.ServiceName+"/") {
 		return handler(ctx, req)
 	}
-	id, _, err := peerSVID(ctx, a.cfg.TrustDomain, a.cfg.Authority.Bundle().X509Authorities(), a.cfg.Clock.Now())
+	id, _, err := a.peers.verify(ctx, a.cfg.Authority.Bundle(), a.cfg.Clock.Now())
 	if err != nil {
 		return nil, a.fail(ctx, "admin_auth", info.FullMethod, err)
 	}

@@ -2,21 +2,46 @@ package api
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 )
 
-// peerSVID verifies the caller's TLS client certificate as an X509-SVID of
-// the trust domain, at time now, against the current X.509 authorities.
-func peerSVID(ctx context.Context, td spiffeid.TrustDomain, authorities []*x509.Certificate, now time.Time) (spiffeid.ID, *x509.Certificate, error) {
+// peerVerifier verifies callers' TLS client certificates as X509-SVIDs of
+// the trust domain. A chain that verified against the current bundle is
+// remembered (by the leaf's hash, until it expires or the bundle changes),
+// so calls on an established connection skip the signature checks.
+type peerVerifier struct {
+	td spiffeid.TrustDomain
+
+	mu   sync.Mutex
+	seen map[[32]byte]verified
+}
+
+type verified struct {
+	id        spiffeid.ID
+	bundleSeq uint64
+	notBefore time.Time
+	notAfter  time.Time
+}
+
+const maxVerified = 10_000
+
+func newPeerVerifier(td spiffeid.TrustDomain) *peerVerifier {
+	return &peerVerifier{td: td, seen: map[[32]byte]verified{}}
+}
+
+// verify returns the caller's SPIFFE ID and leaf certificate at time now.
+func (v *peerVerifier) verify(ctx context.Context, bundle *spiffebundle.Bundle, now time.Time) (spiffeid.ID, *x509.Certificate, error) {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
 		return spiffeid.ID{}, nil, fmt.Errorf("%w: no peer", errUnauthenticated)
@@ -26,11 +51,49 @@ func peerSVID(ctx context.Context, td spiffeid.TrustDomain, authorities []*x509.
 		return spiffeid.ID{}, nil, fmt.Errorf("%w: no client certificate", errUnauthenticated)
 	}
 	certs := info.State.PeerCertificates
-	id, _, err := x509svid.Verify(certs, x509bundle.FromX509Authorities(td, authorities), x509svid.WithTime(now))
+	seq, _ := bundle.SequenceNumber()
+	key := sha256.Sum256(certs[0].Raw)
+
+	v.mu.Lock()
+	hit, ok := v.seen[key]
+	v.mu.Unlock()
+	if ok && hit.bundleSeq == seq && !now.Before(hit.notBefore) && now.Before(hit.notAfter) {
+		return hit.id, certs[0], nil
+	}
+
+	id, chains, err := x509svid.Verify(certs, bundle, x509svid.WithTime(now))
 	if err != nil {
 		return spiffeid.ID{}, nil, fmt.Errorf("%w: client certificate: %v", errUnauthenticated, err)
 	}
+	if !id.MemberOf(v.td) {
+		return spiffeid.ID{}, nil, fmt.Errorf("%w: %s is not in trust domain %s", errUnauthenticated, id, v.td.Name())
+	}
+	notBefore, notAfter := certs[0].NotBefore, certs[0].NotAfter
+	for _, c := range chains[0] {
+		notBefore = later(notBefore, c.NotBefore)
+		notAfter = earlier(notAfter, c.NotAfter)
+	}
+	v.mu.Lock()
+	if len(v.seen) >= maxVerified {
+		clear(v.seen)
+	}
+	v.seen[key] = verified{id: id, bundleSeq: seq, notBefore: notBefore, notAfter: notAfter}
+	v.mu.Unlock()
 	return id, certs[0], nil
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+func earlier(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }
 
 // isAgentID reports whether id names an agent.

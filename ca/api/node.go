@@ -74,6 +74,7 @@ type Node struct {
 	tallyv1.UnimplementedNodeServer
 	cfg   NodeConfig
 	audit *slog.Logger
+	peers *peerVerifier
 }
 
 // NewNode returns the Node service.
@@ -96,7 +97,7 @@ func NewNode(cfg NodeConfig) *Node {
 	if cfg.RecheckInterval == 0 {
 		cfg.RecheckInterval = 10 * time.Second
 	}
-	return &Node{cfg: cfg, audit: auditLogger(cfg.Logger)}
+	return &Node{cfg: cfg, audit: auditLogger(cfg.Logger), peers: newPeerVerifier(cfg.TrustDomain)}
 }
 
 // AttestAgent verifies an agent credential and signs its first SVID.
@@ -347,7 +348,7 @@ func (n *Node) newJWTSVID(ctx context.Context, sc registry.Scope, req *tallyv1.N
 // authAgent verifies the caller's agent SVID and returns its record: it
 // must exist, not be banned, and the SVID must be its current or previous.
 func (n *Node) authAgent(ctx context.Context) (store.Agent, error) {
-	id, cert, err := peerSVID(ctx, n.cfg.TrustDomain, n.cfg.Authority.Bundle().X509Authorities(), n.cfg.Clock.Now())
+	id, cert, err := n.peers.verify(ctx, n.cfg.Authority.Bundle(), n.cfg.Clock.Now())
 	if err != nil {
 		return store.Agent{}, err
 	}

@@ -42,6 +42,7 @@ const (
 
 func entryKey(id string) []byte { return append([]byte(prefixEntry), id...) }
 func agentKey(id string) []byte { return append([]byte(prefixAgent), id...) }
+
 // tokenKey holds a hash of the token, so that neither the database files
 // nor a key in a log line give a usable token away.
 func tokenKey(t string) []byte {

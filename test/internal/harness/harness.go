@@ -255,3 +255,12 @@ func (l *lockedBuffer) String() string {
 	defer l.mu.Unlock()
 	return l.b.String()
 }
+
+// PID is the server process ID.
+func (s *Server) PID() int { return s.cmd.Process.Pid }
+
+// RSS returns the server's resident set size in bytes (VmRSS).
+func (s *Server) RSS(t testing.TB) int64 {
+	t.Helper()
+	return RSSOf(t, s.PID())
+}
