@@ -56,7 +56,7 @@ type Registry struct {
 	idx   *index
 	rev   uint64
 	floor uint64        // deltas can be computed for since >= floor
-	ring  []store.Event // events after floor, oldest first
+	ring  []ringEvent // events after floor, oldest first
 
 	subMu  sync.Mutex
 	subs   map[int]chan struct{}
@@ -187,6 +187,7 @@ func (r *Registry) apply(evs []store.Event) {
 			continue
 		}
 		cur := r.idx.entries[ev.Entry.ID]
+		topo := r.topologicalLocked(&ev)
 		switch ev.Type {
 		case store.EventDeleted:
 			if cur != nil && cur.Revision <= ev.Revision {
@@ -198,14 +199,22 @@ func (r *Registry) apply(evs []store.Event) {
 				r.idx.put(&e)
 			}
 		}
-		r.ring = append(r.ring, ev)
+		r.ring = append(r.ring, ringEvent{Event: ev, topological: topo})
 		r.rev = ev.Revision
 	}
 	if over := len(r.ring) - r.cfg.EventWindow; over > 0 {
 		drop := max(over, r.cfg.EventWindow/4)
 		r.floor = r.ring[drop-1].Revision
-		r.ring = append([]store.Event(nil), r.ring[drop:]...)
+		r.ring = append([]ringEvent(nil), r.ring[drop:]...)
 	}
+}
+
+// ringEvent is an event with what it meant when it was applied.
+type ringEvent struct {
+	store.Event
+	// topological: the event moved entries it does not name (see
+	// topologicalLocked), judged on the index just before it applied.
+	topological bool
 }
 
 // Subscribe returns a channel that receives a value (latest wins) whenever

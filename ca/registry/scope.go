@@ -44,7 +44,7 @@ func (r *Registry) Changes(sc Scope, since uint64) Delta {
 	evs := r.eventsAfterLocked(since)
 	reset := since == 0 || since > r.rev || since < r.floor
 	for i := 0; !reset && i < len(evs); i++ {
-		reset = r.topologicalLocked(&evs[i])
+		reset = evs[i].topological
 	}
 	roots := r.rootsLocked(sc)
 	set := r.subtreeLocked(roots, since)
@@ -171,9 +171,10 @@ func (r *Registry) subtreeLocked(roots map[string]bool, since uint64) map[string
 	return set
 }
 
-// topologicalLocked reports whether an event can move entries it does not
-// name in or out of an agent's set: a change of a node alias, or the delete
-// or move of an entry that other entries are parented to.
+// topologicalLocked reports whether an event, about to be applied to the
+// index, can move entries it does not name in or out of an agent's set: a
+// change of a node alias, or the delete or move of an entry that other
+// entries are parented to.
 func (r *Registry) topologicalLocked(ev *store.Event) bool {
 	if ev.Entry.ParentID == r.serverID || (ev.Previous != nil && ev.Previous.ParentID == r.serverID) {
 		return true
@@ -192,8 +193,8 @@ func (r *Registry) topologicalLocked(ev *store.Event) bool {
 	return false
 }
 
-func (r *Registry) eventsAfterLocked(since uint64) []store.Event {
-	i, _ := slices.BinarySearchFunc(r.ring, since+1, func(ev store.Event, rev uint64) int {
+func (r *Registry) eventsAfterLocked(since uint64) []ringEvent {
+	i, _ := slices.BinarySearchFunc(r.ring, since+1, func(ev ringEvent, rev uint64) int {
 		switch {
 		case ev.Revision < rev:
 			return -1
