@@ -129,6 +129,9 @@ func (a *Authority) load(ctx context.Context) error {
 			}
 		}
 	}
+	if err := a.removeOrphanKeys(st); err != nil {
+		return err
+	}
 	b := a.buildBundle(st)
 	sg, err := a.signersFor(ctx, st)
 	if err != nil {

@@ -162,3 +162,21 @@ func TestSlots(t *testing.T) {
 	}
 	assert.Equal(t, caOf(t, e.a).NotBefore, slots[0].NotBefore)
 }
+
+func TestRestartRemovesOrphanKeys(t *testing.T) {
+	e := newTestEnv(t, nil)
+	for _, n := range []string{"x509-orphan.pem", "jwt-orphan.pem", ".tmp-jwt-x.pem-123", "README"} {
+		require.NoError(t, os.WriteFile(filepath.Join(e.cfg.KeyDir, n), []byte("x"), 0o600))
+	}
+	e.restart(t)
+	entries, err := os.ReadDir(e.cfg.KeyDir)
+	require.NoError(t, err)
+	var names []string
+	for _, ent := range entries {
+		names = append(names, ent.Name())
+	}
+	assert.Len(t, names, 3, "two keys and README: %v", names)
+	assert.Contains(t, names, "README")
+	assert.Contains(t, names, activeSlot(t, e.a, KindX509).keyFile)
+	assert.Contains(t, names, activeSlot(t, e.a, KindJWT).keyFile)
+}

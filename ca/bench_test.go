@@ -178,4 +178,3 @@ func newBenchAuthority(b *testing.B) *Authority {
 	}
 	return a
 }
-

@@ -34,7 +34,9 @@ type Config struct {
 	// TrustDomain the authority signs for. Required.
 	TrustDomain spiffeid.TrustDomain
 	// KeyDir holds the private keys of the PREPARED and ACTIVE slots as PEM
-	// files (mode 0600). It is created with mode 0700 if missing. Required.
+	// files (mode 0600). It is created with mode 0700 if missing. Files named
+	// like the authority's keys (x509-*.pem, jwt-*.pem) that the journal does
+	// not reference are deleted at startup. Required.
 	KeyDir string
 	// Journal persists the key slots and the bundle. Required.
 	Journal JournalStore

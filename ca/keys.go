@@ -123,6 +123,34 @@ func (a *Authority) removeKeys(names []string) {
 	}
 }
 
+// removeOrphanKeys deletes key files KeyDir holds but st does not name: left
+// by a crash between writing a key and saving the journal. Only names this
+// package makes are touched.
+func (a *Authority) removeOrphanKeys(st *state) error {
+	entries, err := os.ReadDir(a.cfg.KeyDir)
+	if err != nil {
+		return fmt.Errorf("ca: read key dir: %w", err)
+	}
+	used := make(map[string]bool)
+	for _, k := range kinds() {
+		for _, s := range st.slots(k) {
+			used[s.keyFile] = true
+		}
+	}
+	var orphans []string
+	for _, e := range entries {
+		n := e.Name()
+		ours := strings.HasPrefix(n, ".tmp-") ||
+			strings.HasSuffix(n, ".pem") && (strings.HasPrefix(n, string(KindX509)+"-") || strings.HasPrefix(n, string(KindJWT)+"-"))
+		if ours && !used[n] && e.Type().IsRegular() {
+			a.log.Info("ca removing unreferenced key file", logKeyPath, n)
+			orphans = append(orphans, n)
+		}
+	}
+	a.removeKeys(orphans)
+	return nil
+}
+
 func publicKeysEqual(a, b crypto.PublicKey) bool {
 	eq, ok := a.(interface{ Equal(crypto.PublicKey) bool })
 	return ok && eq.Equal(b)

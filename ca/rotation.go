@@ -81,7 +81,7 @@ func (a *Authority) tick(ctx context.Context) (time.Time, error) {
 		slots, ch, err := a.advance(k, cloneSlots(a.st.slots(k)), now)
 		if err != nil {
 			a.removeKeys(ch.created)
-			errs = append(errs, fmt.Errorf("ca: rotate %s keys: %w", k, err))
+			errs = append(errs, err)
 			next.setSlots(k, a.st.slots(k))
 			continue
 		}

@@ -260,3 +260,61 @@ func jwtKID(t *testing.T, token string) string {
 	require.NoError(t, err)
 	return kid
 }
+
+// TestConcurrentSignDuringRotation signs from several goroutines while the
+// keys rotate; run with -race. Every SVID verifies against the bundle
+// served around the call.
+func TestConcurrentSignDuringRotation(t *testing.T) {
+	e := newTestEnv(t, nil)
+	ctx := context.Background()
+	t0 := e.clock.Now()
+	id := mustID(t, "spiffe://example.org/w")
+	key := newKey(t)
+	updates, cancel := e.a.SubscribeBundle()
+	defer cancel()
+
+	stop := make(chan struct{})
+	errs := make(chan error, 4)
+	for range 2 {
+		go func() {
+			for {
+				select {
+				case <-stop:
+					errs <- nil
+					return
+				default:
+				}
+				// The clock may move between signing and verifying: verify at
+				// signing time against the bundles seen around the call.
+				trusted := e.a.Bundle()
+				chain, err := e.a.SignX509SVID(ctx, X509SVIDParams{PublicKey: key.Public(), ID: id, TTL: time.Minute})
+				if err == nil {
+					for _, c := range e.a.Bundle().X509Authorities() {
+						trusted.AddX509Authority(c)
+					}
+					_, _, err = x509svid.Verify(chain, trusted, x509svid.WithTime(chain[0].NotBefore.Add(backdate)))
+				}
+				if err == nil {
+					_, _, err = e.a.SignJWTSVID(ctx, JWTSVIDParams{ID: id, Audience: []string{"x"}})
+				}
+				_ = e.a.Slots()
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	for _, h := range []time.Duration{12, 20, 24, 32, 36, 44} {
+		e.clock.SetTime(t0.Add(h * time.Hour))
+		e.tick(t)
+	}
+	close(stop)
+	for range 2 {
+		require.NoError(t, <-errs)
+	}
+	// Bundle changes at 12h (prepare), 24h and 36h (drop + prepare).
+	b := <-updates
+	seq, _ := b.SequenceNumber()
+	assert.Equal(t, uint64(4), seq)
+}

@@ -30,6 +30,8 @@ const (
 	backdate = 10 * time.Second
 	// minRSABits is the smallest RSA key the authority certifies.
 	minRSABits = 2048
+	// maxCommonName is ub-common-name (RFC 5280).
+	maxCommonName = 64
 )
 
 // X509SVIDParams says what to put in an X509-SVID.
@@ -39,7 +41,8 @@ type X509SVIDParams struct {
 	PublicKey crypto.PublicKey
 	// ID is the SPIFFE ID, in the authority's trust domain, with a path.
 	ID spiffeid.ID
-	// DNSNames are added as DNS SANs; the first is also the subject CN.
+	// DNSNames are added as DNS SANs; the first is also the subject CN if
+	// it fits (64 characters).
 	DNSNames []string
 	// TTL is the lifetime; 0 means Config.X509SVIDTTL; at most CATTL/6.
 	// The certificate never outlives the CA certificate that signs it.
@@ -104,7 +107,7 @@ func (a *Authority) SignX509SVID(ctx context.Context, p X509SVIDParams) (chain [
 		notAfter = s.notAfter
 	}
 	subject := pkix.Name{Organization: []string{organization}}
-	if len(p.DNSNames) > 0 {
+	if len(p.DNSNames) > 0 && len(p.DNSNames[0]) <= maxCommonName {
 		subject.CommonName = p.DNSNames[0]
 	}
 	resp, err := s.cas.CreateCertificate(&apiv1.CreateCertificateRequest{

@@ -10,10 +10,12 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/asn1"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -209,4 +211,26 @@ func caOf(t *testing.T, a *Authority) *x509.Certificate {
 	active, _ := find(a.st.x509)
 	require.NotNil(t, active)
 	return active.cert
+}
+
+// TestLongIDs: IDs of 2048 bytes in a trust domain of 255 bytes work.
+func TestLongIDs(t *testing.T) {
+	td := spiffeid.RequireTrustDomainFromString(strings.Repeat("a", 251) + ".org")
+	e := newTestEnv(t, func(c *Config) { c.TrustDomain = td })
+	prefix := "spiffe://" + td.Name() + "/"
+	id := mustID(t, prefix+strings.Repeat("b", 2048-len(prefix)))
+	require.Len(t, id.String(), 2048)
+
+	key := newKey(t)
+	chain, err := e.a.SignX509SVID(context.Background(), X509SVIDParams{PublicKey: key.Public(), ID: id})
+	require.NoError(t, err)
+	gotID, _, err := x509svid.Verify(chain, e.a.Bundle(), x509svid.WithTime(e.clock.Now()))
+	require.NoError(t, err)
+	assert.Equal(t, id, gotID)
+
+	token, _, err := e.a.SignJWTSVID(context.Background(), JWTSVIDParams{ID: id, Audience: []string{"x"}})
+	require.NoError(t, err)
+	svid, err := jwtsvid.ParseAndValidate(token, e.a.Bundle(), []string{"x"})
+	require.NoError(t, err)
+	assert.Equal(t, id, svid.ID)
 }

@@ -55,7 +55,7 @@ type Registry struct {
 	mu    sync.RWMutex
 	idx   *index
 	rev   uint64
-	floor uint64        // deltas can be computed for since >= floor
+	floor uint64      // deltas can be computed for since >= floor
 	ring  []ringEvent // events after floor, oldest first
 
 	subMu  sync.Mutex
