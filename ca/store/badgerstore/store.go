@@ -87,7 +87,13 @@ func Open(cfg Config) (*Store, error) {
 		WithSyncWrites(true).
 		WithLogger(badgerLogger{log: log}).
 		WithMemTableSize(memTableSize).
-		WithValueThreshold(valueThreshold)
+		WithValueThreshold(valueThreshold).
+		// Memory: at most one memtable waiting for its flush, a small block
+		// cache (the registry keeps entries in memory anyway), and value-log
+		// files small enough that GC can reclaim them.
+		WithNumMemtables(2).
+		WithBlockCacheSize(16 << 20).
+		WithValueLogFileSize(64 << 20)
 	db, err := badger.Open(opts)
 	if err != nil {
 		return nil, fmt.Errorf("badgerstore: open %s: %w", cfg.Dir, err)
