@@ -93,11 +93,15 @@ func NewAdmin(cfg AdminConfig) *Admin {
 // BatchCreateEntries creates all entries or none.
 func (a *Admin) BatchCreateEntries(ctx context.Context, req *tallyv1.BatchCreateEntriesRequest) (*tallyv1.BatchCreateEntriesResponse, error) {
 	in := make([]store.Entry, 0, len(req.GetEntries()))
-	for _, p := range req.GetEntries() {
+	for i, p := range req.GetEntries() {
 		if p.GetId() != "" || p.GetRevision() != 0 || p.GetCreatedAt() != 0 {
-			return nil, a.fail(ctx, "entry_create", "", fmt.Errorf("%w: id, revision and created_at are output only", errInvalid))
+			return nil, a.fail(ctx, "entry_create", "", fmt.Errorf("entry %d: %w: id, revision and created_at are output only", i, errInvalid))
 		}
-		in = append(in, entryFromProto(p))
+		e, err := entryFromProto(p)
+		if err != nil {
+			return nil, a.fail(ctx, "entry_create", "", fmt.Errorf("entry %d: %w", i, err))
+		}
+		in = append(in, e)
 	}
 	out, err := a.cfg.Registry.CreateEntries(ctx, in)
 	if err != nil {
@@ -154,7 +158,10 @@ func (a *Admin) ListEntries(ctx context.Context, req *tallyv1.ListEntriesRequest
 
 // UpdateEntry replaces an entry.
 func (a *Admin) UpdateEntry(ctx context.Context, req *tallyv1.UpdateEntryRequest) (*tallyv1.Entry, error) {
-	e, err := a.cfg.Registry.UpdateEntry(ctx, entryFromProto(req.GetEntry()))
+	e, err := entryFromProto(req.GetEntry())
+	if err == nil {
+		e, err = a.cfg.Registry.UpdateEntry(ctx, e)
+	}
 	if err != nil {
 		return nil, a.fail(ctx, "entry_update", req.GetEntry().GetId(), err)
 	}
@@ -173,9 +180,11 @@ func (a *Admin) BatchDeleteEntries(ctx context.Context, req *tallyv1.BatchDelete
 
 // CreateJoinToken makes a single-use agent token.
 func (a *Admin) CreateJoinToken(ctx context.Context, req *tallyv1.CreateJoinTokenRequest) (*tallyv1.CreateJoinTokenResponse, error) {
-	ttl := time.Duration(req.GetTtlSeconds()) * time.Second
+	ttl, err := ttlFromSeconds("ttl", req.GetTtlSeconds())
 	switch {
-	case req.GetTtlSeconds() < 0:
+	case err != nil:
+		return nil, a.fail(ctx, "token_create", "", err)
+	case ttl < 0:
 		return nil, a.fail(ctx, "token_create", "", fmt.Errorf("%w: ttl: negative", errInvalid))
 	case ttl == 0:
 		ttl = a.cfg.DefaultTokenTTL
@@ -291,7 +300,11 @@ func (a *Admin) mintX509(ctx context.Context, req *tallyv1.MintX509SVIDRequest) 
 	if err := a.checkID(req.GetSpiffeId()); err != nil {
 		return nil, fmt.Errorf("%w: spiffe_id: %w", errInvalid, err)
 	}
-	if req.GetTtlSeconds() < 0 {
+	ttl, err := ttlFromSeconds("ttl", req.GetTtlSeconds())
+	if err != nil {
+		return nil, err
+	}
+	if ttl < 0 {
 		return nil, fmt.Errorf("%w: ttl: negative", errInvalid)
 	}
 	id := spiffeid.RequireFromString(req.GetSpiffeId())
@@ -304,7 +317,7 @@ func (a *Admin) mintX509(ctx context.Context, req *tallyv1.MintX509SVIDRequest) 
 		return nil, err
 	}
 	return signX509(ctx, a.cfg.Authority, a.cfg.Metrics, ca.X509SVIDParams{
-		PublicKey: csr.PublicKey, ID: id, DNSNames: dns, TTL: time.Duration(req.GetTtlSeconds()) * time.Second,
+		PublicKey: csr.PublicKey, ID: id, DNSNames: dns, TTL: ttl,
 	})
 }
 
@@ -313,12 +326,15 @@ func (a *Admin) MintJWTSVID(ctx context.Context, req *tallyv1.MintJWTSVIDRequest
 	if err := a.checkID(req.GetSpiffeId()); err != nil {
 		return nil, a.fail(ctx, "jwt_mint", req.GetSpiffeId(), fmt.Errorf("%w: spiffe_id: %w", errInvalid, err))
 	}
-	if req.GetTtlSeconds() < 0 {
-		return nil, a.fail(ctx, "jwt_mint", req.GetSpiffeId(), fmt.Errorf("%w: ttl: negative", errInvalid))
+	ttl, err := ttlFromSeconds("ttl", req.GetTtlSeconds())
+	if err == nil && ttl < 0 {
+		err = fmt.Errorf("%w: ttl: negative", errInvalid)
+	}
+	if err != nil {
+		return nil, a.fail(ctx, "jwt_mint", req.GetSpiffeId(), err)
 	}
 	token, exp, err := signJWT(ctx, a.cfg.Authority, a.cfg.Metrics, a.cfg.JWTIssuer, ca.JWTSVIDParams{
-		ID: spiffeid.RequireFromString(req.GetSpiffeId()), Audience: req.GetAudience(),
-		TTL: time.Duration(req.GetTtlSeconds()) * time.Second,
+		ID: spiffeid.RequireFromString(req.GetSpiffeId()), Audience: req.GetAudience(), TTL: ttl,
 	})
 	if err != nil {
 		return nil, a.fail(ctx, "jwt_mint", req.GetSpiffeId(), err)

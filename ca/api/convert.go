@@ -1,27 +1,53 @@
 package api
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/tallyid/tally/ca/store"
 	tallyv1 "github.com/tallyid/tally/proto/tally/v1"
 )
 
-func entryFromProto(p *tallyv1.Entry) store.Entry {
+// maxTTLSeconds bounds every TTL on the wire before it becomes a
+// time.Duration (which would overflow past ~292 years). Real limits are
+// checked later; this only keeps the conversion exact.
+const maxTTLSeconds = 100 * 365 * 24 * 3600
+
+// ttlFromSeconds converts a wire TTL, refusing values that cannot be a
+// lifetime. Negative values pass through for the domain check to name.
+func ttlFromSeconds(field string, s int64) (time.Duration, error) {
+	if s > maxTTLSeconds {
+		return 0, fmt.Errorf("%w: %s: %d seconds is out of range", errInvalid, field, s)
+	}
+	if s < -maxTTLSeconds {
+		return 0, fmt.Errorf("%w: %s: %d seconds is negative", errInvalid, field, s)
+	}
+	return time.Duration(s) * time.Second, nil
+}
+
+func entryFromProto(p *tallyv1.Entry) (store.Entry, error) {
 	if p == nil {
-		return store.Entry{}
+		return store.Entry{}, fmt.Errorf("%w: entry is required", errInvalid)
+	}
+	x509TTL, err := ttlFromSeconds("x509_ttl", p.GetX509TtlSeconds())
+	if err != nil {
+		return store.Entry{}, err
+	}
+	jwtTTL, err := ttlFromSeconds("jwt_ttl", p.GetJwtTtlSeconds())
+	if err != nil {
+		return store.Entry{}, err
 	}
 	return store.Entry{
 		ID:        p.GetId(),
 		SPIFFEID:  p.GetSpiffeId(),
 		ParentID:  p.GetParentId(),
 		Selectors: selectorsFromProto(p.GetSelectors()),
-		X509TTL:   time.Duration(p.GetX509TtlSeconds()) * time.Second,
-		JWTTTL:    time.Duration(p.GetJwtTtlSeconds()) * time.Second,
+		X509TTL:   x509TTL,
+		JWTTTL:    jwtTTL,
 		DNSNames:  p.GetDnsNames(),
 		Hint:      p.GetHint(),
 		Admin:     p.GetAdmin(),
-	}
+	}, nil
 }
 
 // EntryToProto converts a stored entry to its wire form.

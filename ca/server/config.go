@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"reflect"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -36,7 +37,7 @@ type Config struct {
 	// at 1/2 and activates it at 5/6 of it.
 	CATTL time.Duration `yaml:"ca_ttl"`
 	// X509SVIDTTL and JWTSVIDTTL are the default SVID lifetimes; they may
-	// not exceed ca_ttl/6.
+	// not exceed ca_ttl/6. Unset: min(1h, ca_ttl/6) and min(5m, ca_ttl/6).
 	X509SVIDTTL time.Duration `yaml:"x509_svid_ttl"`
 	JWTSVIDTTL  time.Duration `yaml:"jwt_svid_ttl"`
 	// AgentSVIDTTL is the lifetime of agent SVIDs (default x509_svid_ttl).
@@ -64,8 +65,6 @@ func DefaultConfig() Config {
 		HealthAddress: "127.0.0.1:8080",
 		AdminSocket:   "/run/tally/admin.sock",
 		CATTL:         24 * time.Hour,
-		X509SVIDTTL:   time.Hour,
-		JWTSVIDTTL:    5 * time.Minute,
 		LogLevel:      "info",
 		LogFormat:     "json",
 	}
@@ -80,8 +79,8 @@ func BindFlags(fs *pflag.FlagSet, c *Config) {
 	fs.StringVar(&c.HealthAddress, "health-address", c.HealthAddress, "HTTP address of /livez, /readyz, /metrics")
 	fs.StringVar(&c.AdminSocket, "admin-socket", c.AdminSocket, "Admin API Unix socket")
 	fs.DurationVar(&c.CATTL, "ca-ttl", c.CATTL, "lifetime of each CA signing key")
-	fs.DurationVar(&c.X509SVIDTTL, "x509-svid-ttl", c.X509SVIDTTL, "default X509-SVID lifetime (at most ca-ttl/6)")
-	fs.DurationVar(&c.JWTSVIDTTL, "jwt-svid-ttl", c.JWTSVIDTTL, "default JWT-SVID lifetime (at most ca-ttl/6)")
+	fs.DurationVar(&c.X509SVIDTTL, "x509-svid-ttl", c.X509SVIDTTL, "default X509-SVID lifetime, at most ca-ttl/6 (default min(1h, ca-ttl/6))")
+	fs.DurationVar(&c.JWTSVIDTTL, "jwt-svid-ttl", c.JWTSVIDTTL, "default JWT-SVID lifetime, at most ca-ttl/6 (default min(5m, ca-ttl/6))")
 	fs.DurationVar(&c.AgentSVIDTTL, "agent-svid-ttl", c.AgentSVIDTTL, "agent SVID lifetime (default x509-svid-ttl)")
 	fs.StringVar(&c.JWTIssuer, "jwt-issuer", c.JWTIssuer, "OIDC issuer URL of JWT-SVIDs (default https://<http-address>)")
 	fs.StringVar(&c.UpstreamCertFile, "upstream-cert-file", c.UpstreamCertFile, "upstream CA certificate (PEM)")
@@ -98,12 +97,41 @@ func LoadFile(path string, c *Config) error {
 	if err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
-	dec := yaml.NewDecoder(bytes.NewReader(raw))
-	dec.KnownFields(true)
-	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
+	var doc yaml.Node
+	if err := yaml.NewDecoder(bytes.NewReader(raw)).Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil // an empty file
+		}
 		return fmt.Errorf("config %s: %w", path, err)
 	}
+	root := doc.Content[0]
+	if root.Kind != yaml.MappingNode {
+		return fmt.Errorf("config %s: line %d: want a mapping of keys to values", path, root.Line)
+	}
+	fields := yamlFields(c)
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		key, value := root.Content[i], root.Content[i+1]
+		field, ok := fields[key.Value]
+		if !ok {
+			return fmt.Errorf("config %s: line %d: unknown key %q", path, key.Line, key.Value)
+		}
+		if err := value.Decode(field.Addr().Interface()); err != nil {
+			return fmt.Errorf("config %s: line %d: key %q: %w", path, key.Line, key.Value, err)
+		}
+	}
 	return nil
+}
+
+// yamlFields maps each yaml tag of Config to its field in c.
+func yamlFields(c *Config) map[string]reflect.Value {
+	v := reflect.ValueOf(c).Elem()
+	out := make(map[string]reflect.Value, v.NumField())
+	for i := range v.NumField() {
+		if tag := v.Type().Field(i).Tag.Get("yaml"); tag != "" {
+			out[tag] = v.Field(i)
+		}
+	}
+	return out
 }
 
 // Validate checks the configuration as a whole.
@@ -122,13 +150,20 @@ func (c Config) Validate() error {
 	if c.DataDir == "" || c.AdminSocket == "" {
 		return errors.New("config: data_dir and admin_socket are required")
 	}
-	for key, d := range map[string]time.Duration{"ca_ttl": c.CATTL, "x509_svid_ttl": c.X509SVIDTTL, "jwt_svid_ttl": c.JWTSVIDTTL} {
-		if d <= 0 {
-			return fmt.Errorf("config: %s must be positive, got %s", key, d)
-		}
+	if c.CATTL <= 0 {
+		return fmt.Errorf("config: ca_ttl must be positive, got %s", c.CATTL)
 	}
-	if c.AgentSVIDTTL < 0 {
-		return fmt.Errorf("config: agent_svid_ttl must not be negative, got %s", c.AgentSVIDTTL)
+	for _, k := range []struct {
+		key string
+		ttl time.Duration
+	}{{"x509_svid_ttl", c.X509SVIDTTL}, {"jwt_svid_ttl", c.JWTSVIDTTL}, {"agent_svid_ttl", c.AgentSVIDTTL}} {
+		switch {
+		case k.ttl < 0:
+			return fmt.Errorf("config: %s must not be negative, got %s", k.key, k.ttl)
+		case k.ttl > c.CATTL/6:
+			return fmt.Errorf("config: %s %s exceeds ca_ttl / 6 (%s): a CA key must outlive every SVID it signs, "+
+				"and rotation activates the next key at 5/6 of ca_ttl", k.key, k.ttl, c.CATTL/6)
+		}
 	}
 	if (c.UpstreamCertFile == "") != (c.UpstreamKeyFile == "") {
 		return errors.New("config: upstream_cert_file and upstream_key_file go together")

@@ -50,6 +50,12 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	if cfg.X509SVIDTTL == 0 {
+		cfg.X509SVIDTTL = min(time.Hour, cfg.CATTL/6)
+	}
+	if cfg.JWTSVIDTTL == 0 {
+		cfg.JWTSVIDTTL = min(5*time.Minute, cfg.CATTL/6)
+	}
 	if cfg.AgentSVIDTTL == 0 {
 		cfg.AgentSVIDTTL = cfg.X509SVIDTTL
 	}

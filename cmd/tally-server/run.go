@@ -42,11 +42,7 @@ func newRunCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := srv.Run(cmd.Context()); err != nil {
-				log.Error("server stopped", "error", err)
-				return err
-			}
-			return nil
+			return srv.Run(cmd.Context())
 		},
 	}
 	cmd.Flags().StringVar(&configFile, "config", "", "YAML config file (flags override it)")
