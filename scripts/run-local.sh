@@ -9,7 +9,8 @@ cleanup() {
   [ -n "${SERVER_PID:-}" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null || true
   echo "state kept in $DIR (logs: $DIR/server.log)"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap "exit 0" INT TERM
 
 "$BIN/tally-server" run --trust-domain example.org --data-dir "$DIR/data" --admin-socket "$SOCK" \
   --bind-address 127.0.0.1:8081 --http-address 127.0.0.1:8443 --health-address 127.0.0.1:8080 \
