@@ -8,8 +8,8 @@ export GOFLAGS
 
 all: build
 
-build: ## build tally-server and tallyctl into bin/
-	$(GO) build -o $(BIN)/ ./cmd/...
+build: ## build tally-server, tally-agent, tallyctl and the demo into bin/
+	$(GO) build -o $(BIN)/ ./cmd/... ./examples/...
 
 vet:
 	$(GO) vet ./...

@@ -73,3 +73,19 @@ func (a *Attestor) Attest(ctx context.Context, data []byte) (attest.NodeResult, 
 	}
 	return res, nil
 }
+
+// Client is the agent side: it presents the configured token.
+type Client struct {
+	Token string
+}
+
+// Type is the attestation type.
+func (Client) Type() string { return Type }
+
+// Data returns the token.
+func (c Client) Data(context.Context) ([]byte, error) {
+	if c.Token == "" {
+		return nil, errors.New("jointoken: no join token configured")
+	}
+	return []byte(c.Token), nil
+}

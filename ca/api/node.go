@@ -244,10 +244,11 @@ func (n *Node) sendDelta(stream tallyv1.Node_SyncEntriesServer, d registry.Delta
 	for first || len(d.Upserts) > 0 {
 		k := min(chunk, len(d.Upserts))
 		msg := &tallyv1.SyncEntriesResponse{
-			Revision: d.Revision,
-			Snapshot: d.Reset && first,
-			More:     k < len(d.Upserts),
-			Upserts:  make([]*tallyv1.Entry, 0, k),
+			Revision:          d.Revision,
+			ChangedAtUnixNano: d.ChangedAt.UnixNano(),
+			Snapshot:          d.Reset && first,
+			More:              k < len(d.Upserts),
+			Upserts:           make([]*tallyv1.Entry, 0, k),
 		}
 		for _, e := range d.Upserts[:k] {
 			msg.Upserts = append(msg.Upserts, EntryToProto(e))

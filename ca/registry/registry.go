@@ -55,6 +55,7 @@ type Registry struct {
 	mu    sync.RWMutex
 	idx   *index
 	rev   uint64
+	revAt time.Time   // when rev was applied here
 	floor uint64      // deltas can be computed for since >= floor
 	ring  []ringEvent // events after floor, oldest first
 
@@ -120,7 +121,7 @@ func (r *Registry) loadLocked(ctx context.Context) error {
 		after = page[len(page)-1].ID
 	}
 	r.mu.Lock()
-	r.idx, r.rev, r.floor, r.ring = idx, rev, rev, nil
+	r.idx, r.rev, r.floor, r.ring, r.revAt = idx, rev, rev, nil, r.cfg.Clock.Now()
 	r.mu.Unlock()
 	if err := r.catchUpLocked(ctx); err != nil {
 		return err
@@ -201,6 +202,7 @@ func (r *Registry) apply(evs []store.Event) {
 		}
 		r.ring = append(r.ring, ringEvent{Event: ev, topological: topo})
 		r.rev = ev.Revision
+		r.revAt = r.cfg.Clock.Now()
 	}
 	if over := len(r.ring) - r.cfg.EventWindow; over > 0 {
 		drop := max(over, r.cfg.EventWindow/4)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"time"
 
 	"github.com/tallyid/tally/ca/store"
 )
@@ -21,6 +22,8 @@ type Scope struct {
 // Delta is what an agent must apply to be current at Revision.
 type Delta struct {
 	Revision uint64
+	// ChangedAt is when the registry reached Revision.
+	ChangedAt time.Time
 	// Reset: Upserts is the agent's whole set; drop everything else.
 	Reset   bool
 	Upserts []*store.Entry
@@ -37,7 +40,7 @@ func (d Delta) Empty() bool { return !d.Reset && len(d.Upserts) == 0 && len(d.De
 func (r *Registry) Changes(sc Scope, since uint64) Delta {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	d := Delta{Revision: r.rev}
+	d := Delta{Revision: r.rev, ChangedAt: r.revAt}
 	if since == r.rev && since != 0 {
 		return d
 	}

@@ -3,18 +3,15 @@
 package server
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"net"
-	"os"
-	"reflect"
 	"time"
 
 	"github.com/spf13/pflag"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"go.yaml.in/yaml/v3"
+
+	"github.com/tallyid/tally/internal/config"
 )
 
 // Config is the server configuration: a YAML file (unknown keys refused),
@@ -92,47 +89,7 @@ func BindFlags(fs *pflag.FlagSet, c *Config) {
 
 // LoadFile reads a YAML config over c. Unknown keys are refused, naming the
 // key and the file.
-func LoadFile(path string, c *Config) error {
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Errorf("config: %w", err)
-	}
-	var doc yaml.Node
-	if err := yaml.NewDecoder(bytes.NewReader(raw)).Decode(&doc); err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil // an empty file
-		}
-		return fmt.Errorf("config %s: %w", path, err)
-	}
-	root := doc.Content[0]
-	if root.Kind != yaml.MappingNode {
-		return fmt.Errorf("config %s: line %d: want a mapping of keys to values", path, root.Line)
-	}
-	fields := yamlFields(c)
-	for i := 0; i+1 < len(root.Content); i += 2 {
-		key, value := root.Content[i], root.Content[i+1]
-		field, ok := fields[key.Value]
-		if !ok {
-			return fmt.Errorf("config %s: line %d: unknown key %q", path, key.Line, key.Value)
-		}
-		if err := value.Decode(field.Addr().Interface()); err != nil {
-			return fmt.Errorf("config %s: line %d: key %q: %w", path, key.Line, key.Value, err)
-		}
-	}
-	return nil
-}
-
-// yamlFields maps each yaml tag of Config to its field in c.
-func yamlFields(c *Config) map[string]reflect.Value {
-	v := reflect.ValueOf(c).Elem()
-	out := make(map[string]reflect.Value, v.NumField())
-	for i := range v.NumField() {
-		if tag := v.Type().Field(i).Tag.Get("yaml"); tag != "" {
-			out[tag] = v.Field(i)
-		}
-	}
-	return out
-}
+func LoadFile(path string, c *Config) error { return config.LoadYAML(path, c) }
 
 // Validate checks the configuration as a whole.
 func (c Config) Validate() error {

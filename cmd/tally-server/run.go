@@ -1,14 +1,14 @@
 package main
 
 import (
-	"fmt"
-	"log/slog"
 	"os"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
 	"github.com/tallyid/tally/ca/server"
+	"github.com/tallyid/tally/internal/config"
+	"github.com/tallyid/tally/internal/logging"
 )
 
 func newRootCommand() *cobra.Command {
@@ -34,7 +34,7 @@ func newRunCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			log, err := newLogger(final.LogLevel, final.LogFormat)
+			log, err := logging.New(os.Stderr, final.LogLevel, final.LogFormat)
 			if err != nil {
 				return err
 			}
@@ -53,39 +53,9 @@ func newRunCommand() *cobra.Command {
 // resolveConfig applies, in order: defaults, the config file, then every
 // flag given on the command line.
 func resolveConfig(flags *pflag.FlagSet, file string) (server.Config, error) {
-	cfg := server.DefaultConfig()
-	if file != "" {
-		if err := server.LoadFile(file, &cfg); err != nil {
-			return cfg, err
-		}
-	}
-	overlay := pflag.NewFlagSet("overlay", pflag.ContinueOnError)
-	server.BindFlags(overlay, &cfg)
-	var err error
-	flags.Visit(func(f *pflag.Flag) {
-		if f.Name == "config" || err != nil {
-			return
-		}
-		if sv, ok := f.Value.(pflag.SliceValue); ok {
-			err = overlay.Lookup(f.Name).Value.(pflag.SliceValue).Replace(sv.GetSlice())
-			return
-		}
-		err = overlay.Set(f.Name, f.Value.String())
-	})
+	cfg, err := config.Resolve(server.DefaultConfig(), file, flags, server.BindFlags)
 	if err != nil {
-		return cfg, fmt.Errorf("config: %w", err)
+		return cfg, err
 	}
 	return cfg, cfg.Validate()
-}
-
-func newLogger(level, format string) (*slog.Logger, error) {
-	var lv slog.Level
-	if err := lv.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("config: log_level: %w", err)
-	}
-	opts := &slog.HandlerOptions{Level: lv}
-	if format == "text" {
-		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
-	}
-	return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
 }

@@ -89,6 +89,7 @@ permissions are the authorization.`,
 		a.newX509Command(),
 		a.newJWTCommand(),
 		a.newHealthcheckCommand(),
+		a.newSVIDCommand(),
 	)
 	return root
 }

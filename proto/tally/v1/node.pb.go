@@ -301,9 +301,12 @@ type SyncEntriesResponse struct {
 	Upserts    []*Entry `protobuf:"bytes,4,rep,name=upserts,proto3" json:"upserts,omitempty"`
 	DeletedIds []string `protobuf:"bytes,5,rep,name=deleted_ids,json=deletedIds,proto3" json:"deleted_ids,omitempty"`
 	// SPIFFE bundle JSON, present when it changed since bundle_sequence.
-	Bundle        []byte `protobuf:"bytes,6,opt,name=bundle,proto3" json:"bundle,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Bundle []byte `protobuf:"bytes,6,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	// When the server's registry reached revision (Unix nanoseconds); the
+	// agent measures its sync lag against it.
+	ChangedAtUnixNano int64 `protobuf:"varint,7,opt,name=changed_at_unix_nano,json=changedAtUnixNano,proto3" json:"changed_at_unix_nano,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *SyncEntriesResponse) Reset() {
@@ -376,6 +379,13 @@ func (x *SyncEntriesResponse) GetBundle() []byte {
 		return x.Bundle
 	}
 	return nil
+}
+
+func (x *SyncEntriesResponse) GetChangedAtUnixNano() int64 {
+	if x != nil {
+		return x.ChangedAtUnixNano
+	}
+	return 0
 }
 
 type X509SVIDRequest struct {
@@ -707,7 +717,7 @@ const file_tally_v1_node_proto_rawDesc = "" +
 	"svid_chain\x18\x01 \x03(\fR\tsvidChain\"d\n" +
 	"\x12SyncEntriesRequest\x12%\n" +
 	"\x0esince_revision\x18\x01 \x01(\x04R\rsinceRevision\x12'\n" +
-	"\x0fbundle_sequence\x18\x02 \x01(\x04R\x0ebundleSequence\"\xc5\x01\n" +
+	"\x0fbundle_sequence\x18\x02 \x01(\x04R\x0ebundleSequence\"\xf6\x01\n" +
 	"\x13SyncEntriesResponse\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x1a\n" +
 	"\bsnapshot\x18\x02 \x01(\bR\bsnapshot\x12\x12\n" +
@@ -715,7 +725,8 @@ const file_tally_v1_node_proto_rawDesc = "" +
 	"\aupserts\x18\x04 \x03(\v2\x0f.tally.v1.EntryR\aupserts\x12\x1f\n" +
 	"\vdeleted_ids\x18\x05 \x03(\tR\n" +
 	"deletedIds\x12\x16\n" +
-	"\x06bundle\x18\x06 \x01(\fR\x06bundle\">\n" +
+	"\x06bundle\x18\x06 \x01(\fR\x06bundle\x12/\n" +
+	"\x14changed_at_unix_nano\x18\a \x01(\x03R\x11changedAtUnixNano\">\n" +
 	"\x0fX509SVIDRequest\x12\x19\n" +
 	"\bentry_id\x18\x01 \x01(\tR\aentryId\x12\x10\n" +
 	"\x03csr\x18\x02 \x01(\fR\x03csr\"P\n" +

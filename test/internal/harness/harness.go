@@ -50,7 +50,7 @@ func Binaries(t testing.TB) string {
 		_, file, _, _ := runtime.Caller(0)
 		root := filepath.Join(filepath.Dir(file), "..", "..", "..")
 		binDir = filepath.Join(root, ".cache", "bin")
-		cmd := exec.Command("go", "build", "-o", binDir+"/", "./cmd/...")
+		cmd := exec.Command("go", "build", "-o", binDir+"/", "./cmd/...", "./examples/...")
 		cmd.Dir = root
 		out, err := cmd.CombinedOutput()
 		if err != nil {

@@ -1,0 +1,174 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/sync/errgroup"
+	"k8s.io/utils/clock"
+
+	"github.com/tallyid/tally/attest/jointoken"
+	unixattest "github.com/tallyid/tally/attest/unix"
+	"github.com/tallyid/tally/workloadapi"
+)
+
+// Agent is a running tally-agent.
+type Agent struct {
+	cfg      Config
+	log      *slog.Logger
+	clock    clock.WithTicker
+	td       spiffeid.TrustDomain
+	serverID spiffeid.ID
+	attestor NodeAttestor
+	id       *identity
+	conn     *serverConn
+	cache    *Cache
+	metrics  *Metrics
+	reg      *prometheus.Registry
+	ready    atomic.Bool
+}
+
+// New returns an agent for a validated config.
+func New(cfg Config, log *slog.Logger) (*Agent, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	td := spiffeid.RequireTrustDomainFromString(cfg.TrustDomain)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	a := &Agent{
+		cfg:      cfg,
+		log:      log,
+		clock:    clock.RealClock{},
+		td:       td,
+		serverID: spiffeid.RequireFromPath(td, "/tally/server"),
+		attestor: jointoken.Client{Token: cfg.JoinToken},
+		metrics:  NewMetrics(reg),
+		reg:      reg,
+	}
+	return a, nil
+}
+
+// Run attests (unless a stored SVID is still valid), then follows entries,
+// keeps the agent SVID, mints workload SVIDs and serves the Workload API
+// until ctx is done.
+func (a *Agent) Run(ctx context.Context) error {
+	id, err := loadIdentity(a.cfg.DataDir, a.td)
+	if err != nil {
+		return err
+	}
+	a.id = id
+	if _, b := id.current(); b == nil && a.cfg.TrustBundle != "" {
+		b, err := readBundlePEM(a.td, a.cfg.TrustBundle)
+		if err != nil {
+			return err
+		}
+		a.id.mu.Lock()
+		a.id.bundle = b
+		a.id.mu.Unlock()
+	}
+	a.conn = newServerConn(a.cfg.ServerAddress, a.serverID, a.id)
+	defer a.conn.Close()
+	a.cache = NewCache(CacheConfig{
+		Minter:    a.conn,
+		Clock:     a.clock,
+		Logger:    a.log.With("component", "cache"),
+		Metrics:   a.metrics,
+		MaxUnused: a.cfg.SVIDCacheSize,
+	})
+
+	if err := a.startIdentity(ctx); err != nil {
+		return err
+	}
+
+	ws, err := workloadapi.New(workloadapi.Config{
+		Source:   a.cache,
+		Attestor: unixattest.New(unixattest.Config{Logger: a.log.With("component", "unix-attestor")}),
+		Logger:   a.log.With("component", "workload-api"),
+		Metrics:  workloadapi.NewMetrics(a.reg),
+	})
+	if err != nil {
+		return err
+	}
+	healthLis, err := net.Listen("tcp", a.cfg.HealthAddress)
+	if err != nil {
+		return fmt.Errorf("agent: health_address: %w", err)
+	}
+	health := &http.Server{Handler: a.healthHandler(), ReadHeaderTimeout: 10 * time.Second}
+
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return a.keepIdentity(ctx) })
+	g.Go(func() error { return a.followEntries(ctx) })
+	g.Go(func() error { return a.cache.Run(ctx) })
+	g.Go(func() error { return ws.Serve(ctx, a.cfg.SocketPath) })
+	g.Go(func() error {
+		go func() {
+			<-ctx.Done()
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = health.Shutdown(sctx)
+		}()
+		if err := health.Serve(healthLis); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	a.ready.Store(true)
+	a.log.Info("tally agent running", "spiffe_id", a.agentID(), "socket_path", a.cfg.SocketPath, "server_address", a.cfg.ServerAddress)
+	return g.Wait()
+}
+
+// startIdentity reuses a stored, unexpired agent SVID, or attests until it
+// succeeds or ctx ends.
+func (a *Agent) startIdentity(ctx context.Context) error {
+	if svid, _ := a.id.current(); svid != nil && a.clock.Now().Before(svid.Certificates[0].NotAfter) {
+		a.log.Info("reusing the stored agent SVID; not attesting", "spiffe_id", svid.ID.String(), "expires_at", svid.Certificates[0].NotAfter)
+		return a.conn.reconnect()
+	}
+	bo := newBackoff(time.Second, 30*time.Second)
+	for {
+		err := a.attest(ctx)
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		d := bo.next()
+		a.log.Error("attestation failed", "error", err, "retry_in", d)
+		if a.sleep(ctx, d) != nil {
+			return ctx.Err()
+		}
+	}
+}
+
+func (a *Agent) agentID() string {
+	if svid, _ := a.id.current(); svid != nil {
+		return svid.ID.String()
+	}
+	return ""
+}
+
+func (a *Agent) healthHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !a.ready.Load() || !a.cache.Synced() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
+	return mux
+}

@@ -1,0 +1,223 @@
+package agent
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"math/big"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/stretchr/testify/require"
+	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/tallyid/tally/attest"
+	tallyv1 "github.com/tallyid/tally/proto/tally/v1"
+	"github.com/tallyid/tally/workloadapi"
+)
+
+// testMinter signs CSRs with a CA made in the test, standing in for the
+// server's Node API (which the e2e tests exercise for real).
+type testMinter struct {
+	clock  *clocktesting.FakeClock
+	caKey  *ecdsa.PrivateKey
+	ca     *x509.Certificate
+	ttl    time.Duration
+	x509s  atomic.Int64
+	jwts   atomic.Int64
+	refuse sync.Map // entry ID → refused
+}
+
+func newTestMinter(t *testing.T, clk *clocktesting.FakeClock) *testMinter {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: clk.Now().Add(-time.Hour), NotAfter: clk.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	require.NoError(t, err)
+	ca, _ := x509.ParseCertificate(der)
+	return &testMinter{clock: clk, caKey: key, ca: ca, ttl: time.Hour}
+}
+
+func (m *testMinter) NewX509SVIDs(_ context.Context, reqs []*tallyv1.X509SVIDRequest) ([]*tallyv1.X509SVIDResult, error) {
+	out := make([]*tallyv1.X509SVIDResult, len(reqs))
+	for i, r := range reqs {
+		m.x509s.Add(1)
+		if _, bad := m.refuse.Load(r.GetEntryId()); bad {
+			out[i] = &tallyv1.X509SVIDResult{EntryId: r.GetEntryId(), Error: "refused"}
+			continue
+		}
+		csr, err := x509.ParseCertificateRequest(r.GetCsr())
+		if err != nil {
+			return nil, err
+		}
+		serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
+		now := m.clock.Now()
+		der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{SerialNumber: serial, URIs: csr.URIs, DNSNames: csr.DNSNames,
+			NotBefore: now, NotAfter: now.Add(m.ttl), KeyUsage: x509.KeyUsageDigitalSignature}, m.ca, csr.PublicKey, m.caKey)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = &tallyv1.X509SVIDResult{EntryId: r.GetEntryId(), CertChain: [][]byte{der}}
+	}
+	return out, nil
+}
+
+func (m *testMinter) NewJWTSVID(_ context.Context, entryID string, _ []string) (string, time.Time, error) {
+	n := m.jwts.Add(1)
+	return entryID + "-token-" + string(rune('0'+n)), m.clock.Now().Add(5 * time.Minute), nil
+}
+
+func testEntry(id, spiffeID string, rev uint64, sels ...string) *entry {
+	e := &entry{ID: id, SPIFFEID: spiffeid.RequireFromString(spiffeID), Revision: rev}
+	for _, s := range sels {
+		e.Selectors = append(e.Selectors, attest.Selector{Type: "unix", Value: s})
+	}
+	return e
+}
+
+func startCache(t *testing.T, maxUnused int) (*Cache, *testMinter, *clocktesting.FakeClock) {
+	clk := clocktesting.NewFakeClock(time.Now())
+	m := newTestMinter(t, clk)
+	c := NewCache(CacheConfig{Minter: m, Clock: clk, MaxUnused: maxUnused, RetryAfter: time.Minute})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = c.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return c, m, clk
+}
+
+func next(t *testing.T, sub workloadapi.Subscription) workloadapi.X509Update {
+	t.Helper()
+	select {
+	case u := <-sub.Updates():
+		return u
+	case <-time.After(10 * time.Second):
+		t.Fatal("no update")
+		return workloadapi.X509Update{}
+	}
+}
+
+func ids(u workloadapi.X509Update) []string {
+	var out []string
+	for _, s := range u.SVIDs {
+		out = append(out, s.ID.String())
+	}
+	return out
+}
+
+var td = spiffeid.RequireTrustDomainFromString("example.org")
+
+func TestCacheMintsForSubscribersAndFollowsEntries(t *testing.T) {
+	c, m, _ := startCache(t, 10)
+	c.Apply(syncUpdate{Reset: true, Bundle: spiffebundle.New(td), Upserts: []*entry{
+		testEntry("a", "spiffe://example.org/a", 1, "uid:1"),
+		testEntry("b", "spiffe://example.org/b", 1, "uid:1", "gid:1"),
+		testEntry("c", "spiffe://example.org/c", 1, "uid:2"),
+	}})
+	require.Zero(t, m.x509s.Load(), "nothing is minted before a workload asks")
+
+	sub, err := c.SubscribeX509(context.Background(), []attest.Selector{{Type: "unix", Value: "uid:1"}})
+	require.NoError(t, err)
+	defer sub.Close()
+	require.Equal(t, []string{"spiffe://example.org/a"}, ids(next(t, sub)), "b needs gid:1 as well (AND)")
+	require.EqualValues(t, 1, m.x509s.Load(), "only what a connected workload needs is minted")
+
+	// A new matching entry arrives on the open subscription.
+	c.Apply(syncUpdate{Upserts: []*entry{testEntry("d", "spiffe://example.org/d", 2, "uid:1")}})
+	require.Equal(t, []string{"spiffe://example.org/a", "spiffe://example.org/d"}, ids(next(t, sub)))
+
+	// An entry whose identity changes is minted again; a deleted one goes.
+	c.Apply(syncUpdate{Upserts: []*entry{{ID: "a", SPIFFEID: spiffeid.RequireFromString("spiffe://example.org/a2"), Revision: 3,
+		Selectors: []attest.Selector{{Type: "unix", Value: "uid:1"}}}}, Deleted: []string{"d"}})
+	require.Equal(t, []string{"spiffe://example.org/a2"}, ids(next(t, sub)))
+
+	// No match: an update with no SVIDs (the Workload API turns it into
+	// PermissionDenied).
+	none, err := c.SubscribeX509(context.Background(), []attest.Selector{{Type: "unix", Value: "uid:9"}})
+	require.NoError(t, err)
+	defer none.Close()
+	require.Empty(t, next(t, none).SVIDs)
+}
+
+func TestCacheRenewsAtHalfLife(t *testing.T) {
+	c, m, clk := startCache(t, 10)
+	c.Apply(syncUpdate{Reset: true, Bundle: spiffebundle.New(td), Upserts: []*entry{testEntry("a", "spiffe://example.org/a", 1, "uid:1")}})
+	sub, err := c.SubscribeX509(context.Background(), []attest.Selector{{Type: "unix", Value: "uid:1"}})
+	require.NoError(t, err)
+	defer sub.Close()
+	first := next(t, sub).SVIDs[0]
+
+	clk.Step(29 * time.Minute) // before half-life: nothing
+	time.Sleep(50 * time.Millisecond)
+	require.EqualValues(t, 1, m.x509s.Load())
+	clk.Step(8 * time.Minute) // past half-life + the largest jitter (lifetime/10)
+	renewed := next(t, sub).SVIDs[0]
+	require.NotEqual(t, first.CertChain, renewed.CertChain)
+	require.True(t, clk.Now().Before(first.ExpiresAt), "renewed before the old one expired")
+	require.EqualValues(t, 2, m.x509s.Load())
+}
+
+func TestCacheKeepsUnusedSVIDsWithinLRU(t *testing.T) {
+	c, m, _ := startCache(t, 2)
+	var entries []*entry
+	for i := range 5 {
+		entries = append(entries, testEntry(string(rune('a'+i)), "spiffe://example.org/"+string(rune('a'+i)), 1, "uid:"+string(rune('0'+i))))
+	}
+	c.Apply(syncUpdate{Reset: true, Bundle: spiffebundle.New(td), Upserts: entries})
+	for i := range 5 {
+		sub, err := c.SubscribeX509(context.Background(), []attest.Selector{{Type: "unix", Value: "uid:" + string(rune('0'+i))}})
+		require.NoError(t, err)
+		require.Len(t, next(t, sub).SVIDs, 1)
+		sub.Close()
+	}
+	c.mu.Lock()
+	cached := len(c.svids)
+	c.mu.Unlock()
+	require.Equal(t, 2, cached, "SVIDs nobody uses are bounded by the LRU size")
+
+	// The most recent one is still cached: no new mint.
+	before := m.x509s.Load()
+	sub, err := c.SubscribeX509(context.Background(), []attest.Selector{{Type: "unix", Value: "uid:4"}})
+	require.NoError(t, err)
+	defer sub.Close()
+	require.Len(t, next(t, sub).SVIDs, 1)
+	require.Equal(t, before, m.x509s.Load())
+}
+
+func TestCacheRefusedEntryDoesNotBlockOthers(t *testing.T) {
+	c, m, _ := startCache(t, 10)
+	m.refuse.Store("bad", true)
+	c.Apply(syncUpdate{Reset: true, Bundle: spiffebundle.New(td), Upserts: []*entry{
+		testEntry("good", "spiffe://example.org/good", 1, "uid:1"),
+		testEntry("bad", "spiffe://example.org/bad", 1, "uid:1"),
+	}})
+	sub, err := c.SubscribeX509(context.Background(), []attest.Selector{{Type: "unix", Value: "uid:1"}})
+	require.NoError(t, err)
+	defer sub.Close()
+	require.Equal(t, []string{"spiffe://example.org/good"}, ids(next(t, sub)))
+}
+
+func TestCacheJWTPerAudienceUntilHalfLife(t *testing.T) {
+	c, m, clk := startCache(t, 10)
+	c.Apply(syncUpdate{Reset: true, Bundle: spiffebundle.New(td), Upserts: []*entry{testEntry("a", "spiffe://example.org/a", 1, "uid:1")}})
+	sel := []attest.Selector{{Type: "unix", Value: "uid:1"}}
+	fetch := func(aud ...string) string {
+		svids, err := c.FetchJWTSVIDs(context.Background(), sel, spiffeid.ID{}, aud)
+		require.NoError(t, err)
+		require.Len(t, svids, 1)
+		return svids[0].Token
+	}
+	t1 := fetch("x", "y")
+	require.Equal(t, t1, fetch("y", "x"), "audience order does not matter")
+	require.NotEqual(t, t1, fetch("z"))
+	require.EqualValues(t, 2, m.jwts.Load())
+	clk.Step(151 * time.Second) // past half of 5 min
+	require.NotEqual(t, t1, fetch("x", "y"))
+	require.EqualValues(t, 3, m.jwts.Load())
+}

@@ -1,0 +1,133 @@
+// Package agent is the node agent: it attests to the server, follows the
+// entries it may issue, mints and rotates workload SVIDs, and serves them on
+// the SPIFFE Workload API.
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/spf13/pflag"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// Config is the agent configuration: a YAML file (unknown keys refused),
+// every key also a flag of the same name with dashes.
+type Config struct {
+	// TrustDomain the agent belongs to. Required.
+	TrustDomain string `yaml:"trust_domain"`
+	// ServerAddress is the server's Node API, host:port. Required.
+	ServerAddress string `yaml:"server_address"`
+	// TrustBundle is a PEM file with the server's X.509 authorities, used to
+	// authenticate the server before the agent has attested.
+	TrustBundle string `yaml:"trust_bundle"`
+	// InsecureBootstrap skips authenticating the server for the first
+	// attestation only (logged loudly). Use TrustBundle instead.
+	InsecureBootstrap bool `yaml:"insecure_bootstrap"`
+	// NodeAttestor is how the agent proves who it is: join_token.
+	NodeAttestor string `yaml:"node_attestor"`
+	// JoinToken is the single-use token for the join_token attestor.
+	JoinToken string `yaml:"join_token"`
+	// SocketPath is the Workload API's Unix socket.
+	SocketPath string `yaml:"socket_path"`
+	// DataDir keeps the agent SVID, its key (0600) and the last bundle, so a
+	// restart does not re-attest.
+	DataDir string `yaml:"data_dir"`
+	// HealthAddress serves /livez, /readyz and /metrics.
+	HealthAddress string `yaml:"health_address"`
+	// SVIDCacheSize bounds the SVIDs kept for entries no connected workload
+	// uses (LRU). SVIDs of connected workloads are always kept.
+	SVIDCacheSize int `yaml:"svid_cache_size"`
+	// LogLevel is debug, info, warn or error; LogFormat is json or text.
+	LogLevel  string `yaml:"log_level"`
+	LogFormat string `yaml:"log_format"`
+}
+
+// DefaultConfig returns the documented defaults.
+func DefaultConfig() Config {
+	return Config{
+		NodeAttestor:  "join_token",
+		SocketPath:    "/run/tally/agent.sock",
+		DataDir:       "./tally-agent-data",
+		HealthAddress: "127.0.0.1:8082",
+		SVIDCacheSize: 1000,
+		LogLevel:      "info",
+		LogFormat:     "json",
+	}
+}
+
+// BindFlags registers one flag per option, writing into c.
+func BindFlags(fs *pflag.FlagSet, c *Config) {
+	fs.StringVar(&c.TrustDomain, "trust-domain", c.TrustDomain, "trust domain name (required)")
+	fs.StringVar(&c.ServerAddress, "server-address", c.ServerAddress, "server Node API address, host:port (required)")
+	fs.StringVar(&c.TrustBundle, "trust-bundle", c.TrustBundle, "PEM file of the server's X.509 authorities")
+	fs.BoolVar(&c.InsecureBootstrap, "insecure-bootstrap", c.InsecureBootstrap, "do not authenticate the server at first attestation (INSECURE)")
+	fs.StringVar(&c.NodeAttestor, "node-attestor", c.NodeAttestor, "node attestor: join_token")
+	fs.StringVar(&c.JoinToken, "join-token", c.JoinToken, "join token for the join_token attestor")
+	fs.StringVar(&c.SocketPath, "socket-path", c.SocketPath, "Workload API Unix socket")
+	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "directory for the agent SVID, key and bundle")
+	fs.StringVar(&c.HealthAddress, "health-address", c.HealthAddress, "HTTP address of /livez, /readyz, /metrics")
+	fs.IntVar(&c.SVIDCacheSize, "svid-cache-size", c.SVIDCacheSize, "SVIDs kept for entries no connected workload uses (LRU)")
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
+	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "json or text")
+}
+
+// Validate checks the configuration as a whole.
+func (c Config) Validate() error {
+	if c.TrustDomain == "" {
+		return errors.New("config: trust_domain is required")
+	}
+	if _, err := spiffeid.TrustDomainFromString(c.TrustDomain); err != nil {
+		return fmt.Errorf("config: trust_domain %q: %w", c.TrustDomain, err)
+	}
+	if _, _, err := net.SplitHostPort(c.ServerAddress); err != nil {
+		return fmt.Errorf("config: server_address %q: %w", c.ServerAddress, err)
+	}
+	if _, _, err := net.SplitHostPort(c.HealthAddress); err != nil {
+		return fmt.Errorf("config: health_address %q: %w", c.HealthAddress, err)
+	}
+	if c.TrustBundle == "" && !c.InsecureBootstrap {
+		return errors.New("config: trust_bundle is required (or insecure_bootstrap, which does not authenticate the server)")
+	}
+	if c.TrustBundle != "" && c.InsecureBootstrap {
+		return errors.New("config: trust_bundle and insecure_bootstrap exclude each other")
+	}
+	switch c.NodeAttestor {
+	case "join_token":
+	default:
+		return fmt.Errorf("config: node_attestor %q: want join_token", c.NodeAttestor)
+	}
+	if c.SocketPath == "" || c.DataDir == "" {
+		return errors.New("config: socket_path and data_dir are required")
+	}
+	if c.SVIDCacheSize < 0 {
+		return fmt.Errorf("config: svid_cache_size must not be negative, got %d", c.SVIDCacheSize)
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("config: log_level %q: want debug, info, warn or error", c.LogLevel)
+	}
+	if c.LogFormat != "json" && c.LogFormat != "text" {
+		return fmt.Errorf("config: log_format %q: want json or text", c.LogFormat)
+	}
+	return nil
+}
+
+// backoff is capped exponential backoff.
+type backoff struct {
+	min, max, cur time.Duration
+}
+
+func newBackoff(min, max time.Duration) *backoff { return &backoff{min: min, max: max, cur: min} }
+
+// next returns the wait before the next try and doubles it, up to max.
+func (b *backoff) next() time.Duration {
+	d := b.cur
+	b.cur = min(b.cur*2, b.max)
+	return d
+}
+
+func (b *backoff) reset() { b.cur = b.min }

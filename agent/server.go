@@ -1,0 +1,112 @@
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+
+	tallyv1 "github.com/tallyid/tally/proto/tally/v1"
+)
+
+// serverConn is the agent's mTLS connection to the server's Node API. It
+// is replaced after every attestation or renewal, so that the server always
+// sees the current agent SVID; Changed tells stream users to reconnect.
+type serverConn struct {
+	addr     string
+	serverID spiffeid.ID
+	id       *identity
+
+	mu      sync.Mutex
+	cc      *grpc.ClientConn
+	node    tallyv1.NodeClient
+	changed chan struct{} // closed when cc is replaced
+}
+
+func newServerConn(addr string, serverID spiffeid.ID, id *identity) *serverConn {
+	return &serverConn{addr: addr, serverID: serverID, id: id, changed: make(chan struct{})}
+}
+
+// reconnect opens a new connection with the current SVID and closes the
+// previous one.
+func (s *serverConn) reconnect() error {
+	cfg := tlsconfig.MTLSClientConfig(s.id, s.id, tlsconfig.AuthorizeID(s.serverID))
+	cc, err := grpc.NewClient(s.addr,
+		grpc.WithTransportCredentials(credentials.NewTLS(cfg)),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)),
+	)
+	if err != nil {
+		return fmt.Errorf("agent: dial server: %w", err)
+	}
+	s.mu.Lock()
+	old := s.cc
+	s.cc, s.node = cc, tallyv1.NewNodeClient(cc)
+	close(s.changed)
+	s.changed = make(chan struct{})
+	s.mu.Unlock()
+	if old != nil {
+		// Give in-flight calls a moment; streams reconnect on Changed.
+		time.AfterFunc(5*time.Second, func() { old.Close() })
+	}
+	return nil
+}
+
+// Node returns the current client and a channel closed when it is replaced.
+func (s *serverConn) Node() (tallyv1.NodeClient, <-chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.node, s.changed
+}
+
+func (s *serverConn) Close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cc != nil {
+		s.cc.Close()
+	}
+}
+
+// NewX509SVIDs implements Minter.
+func (s *serverConn) NewX509SVIDs(ctx context.Context, reqs []*tallyv1.X509SVIDRequest) ([]*tallyv1.X509SVIDResult, error) {
+	node, _ := s.Node()
+	if node == nil {
+		return nil, errors.New("agent: not connected")
+	}
+	resp, err := node.BatchNewX509SVID(ctx, &tallyv1.BatchNewX509SVIDRequest{Requests: reqs})
+	if err != nil {
+		return nil, err
+	}
+	return resp.GetResults(), nil
+}
+
+// NewJWTSVID implements Minter.
+func (s *serverConn) NewJWTSVID(ctx context.Context, entryID string, audience []string) (string, time.Time, error) {
+	node, _ := s.Node()
+	if node == nil {
+		return "", time.Time{}, errors.New("agent: not connected")
+	}
+	resp, err := node.NewJWTSVID(ctx, &tallyv1.NewJWTSVIDRequest{EntryId: entryID, Audience: audience})
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	return resp.GetToken(), time.Unix(resp.GetExpiresAt(), 0), nil
+}
+
+// bootstrapTLS is the TLS config for attestation: the server is
+// authenticated by its SVID against the bootstrap bundle, or not at all
+// with insecure bootstrap.
+func bootstrapTLS(id *identity, serverID spiffeid.ID, insecure bool) *tls.Config {
+	if insecure {
+		return &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12} //nolint:gosec // explicit, logged opt-in
+	}
+	return tlsconfig.TLSClientConfig(id, tlsconfig.AuthorizeID(serverID))
+}

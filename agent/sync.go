@@ -1,0 +1,96 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+
+	tallyv1 "github.com/tallyid/tally/proto/tally/v1"
+)
+
+// followEntries keeps one SyncEntries stream open: a snapshot first, then
+// only changes; after a failure it reconnects with capped backoff and
+// resumes from the last revision it applied. There is no periodic reload.
+func (a *Agent) followEntries(ctx context.Context) error {
+	var rev, bundleSeq uint64
+	bo := newBackoff(500*time.Millisecond, 30*time.Second)
+	for {
+		node, changed := a.conn.Node()
+		err := a.syncOnce(ctx, node, changed, &rev, &bundleSeq, bo)
+		if ctx.Err() != nil {
+			return nil
+		}
+		a.metrics.reconnects.Inc()
+		select {
+		case <-changed: // a new connection: resume at once
+			continue
+		default:
+		}
+		d := bo.next()
+		a.log.Warn("entry sync interrupted; serving from cache", "error", err, "revision", rev, "retry_in", d)
+		if a.sleep(ctx, d) != nil {
+			return nil
+		}
+	}
+}
+
+func (a *Agent) syncOnce(ctx context.Context, node tallyv1.NodeClient, changed <-chan struct{}, rev, bundleSeq *uint64, bo *backoff) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-changed:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	stream, err := node.SyncEntries(ctx, &tallyv1.SyncEntriesRequest{SinceRevision: *rev, BundleSequence: *bundleSeq})
+	if err != nil {
+		return err
+	}
+	var pending *syncUpdate
+	for {
+		m, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		if pending == nil || m.GetSnapshot() {
+			pending = &syncUpdate{Reset: m.GetSnapshot()}
+		}
+		for _, p := range m.GetUpserts() {
+			e, err := entryFromProto(p)
+			if err != nil {
+				return fmt.Errorf("agent: entry %s from server: %w", p.GetId(), err)
+			}
+			pending.Upserts = append(pending.Upserts, e)
+		}
+		pending.Deleted = append(pending.Deleted, m.GetDeletedIds()...)
+		if raw := m.GetBundle(); len(raw) > 0 {
+			b, err := spiffebundle.Parse(a.td, raw)
+			if err != nil {
+				return fmt.Errorf("agent: bundle from server: %w", err)
+			}
+			pending.Bundle = b
+		}
+		if m.GetMore() {
+			continue
+		}
+		a.cache.Apply(*pending)
+		if pending.Bundle != nil {
+			if err := a.id.setBundle(pending.Bundle); err != nil {
+				a.log.Warn("keeping the bundle", "error", err)
+			}
+			seq, _ := pending.Bundle.SequenceNumber()
+			*bundleSeq = seq
+		}
+		*rev = m.GetRevision()
+		pending = nil
+		bo.reset()
+		a.metrics.syncUpdates.Inc()
+		if at := m.GetChangedAtUnixNano(); at > 0 {
+			a.metrics.syncLag.Observe(max(a.clock.Since(time.Unix(0, at)).Seconds(), 0))
+		}
+	}
+}

@@ -1,0 +1,148 @@
+// Package unix attests workloads by their Unix process: user, group and
+// executable, read from procfs.
+package unix
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+
+	"github.com/tallyid/tally/attest"
+)
+
+const (
+	logKeyPID   = "pid"
+	logKeyError = "error"
+)
+
+// Type is the selector type this attestor produces: "unix:uid:1000" is
+// Selector{Type: "unix", Value: "uid:1000"}.
+const Type = "unix"
+
+// Config configures an Attestor.
+type Config struct {
+	// ProcRoot is where procfs is mounted. Default "/proc".
+	ProcRoot string
+	// Logger receives warnings about selectors that could not be derived.
+	// Default: discard.
+	Logger *slog.Logger
+}
+
+// Attestor derives unix selectors for a process. It is safe for concurrent use.
+type Attestor struct {
+	procRoot string
+	log      *slog.Logger
+}
+
+// New returns an Attestor.
+func New(cfg Config) *Attestor {
+	if cfg.ProcRoot == "" {
+		cfg.ProcRoot = "/proc"
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Attestor{procRoot: cfg.ProcRoot, log: cfg.Logger}
+}
+
+// Attest returns the selectors of process pid, in this order:
+//
+//	unix:uid:<real uid>    from the Uid line of <proc>/<pid>/status
+//	unix:gid:<real gid>    from the Gid line
+//	unix:user:<name>       if the uid has a name in the agent's user database
+//	unix:group:<name>      if the gid has a name in the agent's group database
+//	unix:path:<path>       the executable, readlink <proc>/<pid>/exe
+//
+// The path is as the kernel shows it to the agent; it ends in " (deleted)"
+// if the file was removed after exec. It is left out if the link cannot be
+// read (a zombie or kernel thread has none; reading another user's link needs
+// CAP_SYS_PTRACE): a missing selector can only match fewer entries.
+//
+// If pid names no process, the error wraps attest.ErrDenied. Attest does not
+// know whether pid still names the process the caller means: the caller
+// checks that after Attest returns (peercred.Pin).
+func (a *Attestor) Attest(ctx context.Context, pid int32) ([]attest.Selector, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if pid <= 0 {
+		return nil, fmt.Errorf("%w: unix: invalid pid %d", attest.ErrDenied, pid)
+	}
+	dir := filepath.Join(a.procRoot, strconv.Itoa(int(pid)))
+	status, err := os.ReadFile(filepath.Join(dir, "status"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w: unix: no process %d", attest.ErrDenied, pid)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("unix: %w", err)
+	}
+	uid, gid, err := parseStatus(status)
+	if err != nil {
+		return nil, fmt.Errorf("unix: %s: %w", filepath.Join(dir, "status"), err)
+	}
+
+	sels := []attest.Selector{
+		{Type: Type, Value: "uid:" + uid},
+		{Type: Type, Value: "gid:" + gid},
+	}
+	if u, err := user.LookupId(uid); err == nil && u.Username != "" {
+		sels = append(sels, attest.Selector{Type: Type, Value: "user:" + u.Username})
+	}
+	if g, err := user.LookupGroupId(gid); err == nil && g.Name != "" {
+		sels = append(sels, attest.Selector{Type: Type, Value: "group:" + g.Name})
+	}
+	path, err := os.Readlink(filepath.Join(dir, "exe"))
+	switch {
+	case err == nil && filepath.IsAbs(path):
+		sels = append(sels, attest.Selector{Type: Type, Value: "path:" + path})
+	case err == nil, errors.Is(err, fs.ErrNotExist):
+		// No executable (zombie, kernel thread) or not a path.
+	default:
+		a.log.Warn("unix attestor cannot read the executable path; no unix:path selector", logKeyPID, pid, logKeyError, err)
+	}
+	return sels, nil
+}
+
+// parseStatus returns the real uid and gid (the first of the four ids on the
+// Uid and Gid lines) of a proc_pid_status(5) file.
+func parseStatus(b []byte) (uid, gid string, err error) {
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		key, rest, ok := bytes.Cut(sc.Bytes(), []byte(":"))
+		if !ok {
+			continue
+		}
+		var dst *string
+		switch string(key) {
+		case "Uid":
+			dst = &uid
+		case "Gid":
+			dst = &gid
+		default:
+			continue
+		}
+		f := bytes.Fields(rest)
+		if len(f) == 0 {
+			return "", "", fmt.Errorf("empty %s line", key)
+		}
+		if _, err := strconv.ParseUint(string(f[0]), 10, 32); err != nil {
+			return "", "", fmt.Errorf("%s: %w", key, err)
+		}
+		*dst = string(f[0])
+	}
+	if err := sc.Err(); err != nil {
+		return "", "", err
+	}
+	if uid == "" || gid == "" {
+		return "", "", errors.New("no Uid or Gid line")
+	}
+	return uid, gid, nil
+}

@@ -1,0 +1,210 @@
+// Package workloadapi serves the SPIFFE Workload API on a Unix socket.
+//
+// Every call must carry the metadata "workload.spiffe.io: true". The caller
+// is identified by its socket's peer credentials: its process is pinned when
+// the connection is accepted (peercred), attested (Attestor) on every call,
+// and the pin is checked again after attestation, so that selectors read for
+// a PID that meanwhile names another process are never used. The identities
+// come from a Source, the agent's caches.
+package workloadapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
+	"google.golang.org/grpc"
+	"k8s.io/utils/clock"
+
+	"github.com/tallyid/tally/internal/peercred"
+)
+
+// Log keys.
+const (
+	logKeyMethod   = "method"
+	logKeyPID      = "pid"
+	logKeyUID      = "uid"
+	logKeyPin      = "pin"
+	logKeyCode     = "code"
+	logKeyError    = "error"
+	logKeySPIFFEID = "spiffe_id"
+	logKeyHint     = "hint"
+	logKeySockPath = "socket"
+	logKeySels     = "selectors"
+)
+
+const (
+	// maxSendMsgSize bounds one response: a workload with 1,000+ identities
+	// gets them all in one X509SVIDResponse.
+	maxSendMsgSize = 64 << 20
+	// shutdownGrace is how long Serve waits for calls to end after its
+	// context is done before closing the remaining connections.
+	shutdownGrace = 5 * time.Second
+)
+
+// Config configures a Server.
+type Config struct {
+	// SocketPath is where Run listens (Serve takes its own). Required by Run.
+	SocketPath string
+	// Source provides identities and bundles. Required.
+	Source Source
+	// Attestor turns a caller's PID into selectors. Required.
+	Attestor Attestor
+	// Logger. Default: discard.
+	Logger *slog.Logger
+	// Metrics. Default: nil, nothing counted.
+	Metrics *Metrics
+	// Clock times the shutdown grace period. Default: the real clock.
+	Clock clock.Clock
+}
+
+// Server implements the SPIFFE Workload API (go-spiffe's
+// workload.SpiffeWorkloadAPIServer). Its handlers are safe for concurrent
+// use; it serves once (Run or Serve).
+type Server struct {
+	workload.UnimplementedSpiffeWorkloadAPIServer
+
+	cfg      Config
+	log      *slog.Logger
+	stopping chan struct{} // closed when Serve's ctx is done: streams end
+	started  atomic.Bool
+}
+
+// New returns a Server, or an error if cfg lacks a Source or Attestor.
+func New(cfg Config) (*Server, error) {
+	if cfg.Source == nil {
+		return nil, errors.New("workloadapi: config: source is required")
+	}
+	if cfg.Attestor == nil {
+		return nil, errors.New("workloadapi: config: attestor is required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
+	}
+	return &Server{cfg: cfg, log: cfg.Logger, stopping: make(chan struct{})}, nil
+}
+
+// Run serves on Config.SocketPath until ctx is done; see Serve.
+func (s *Server) Run(ctx context.Context) error {
+	if s.cfg.SocketPath == "" {
+		return errors.New("workloadapi: config: socket path is required")
+	}
+	return s.Serve(ctx, s.cfg.SocketPath)
+}
+
+// Serve listens on a Unix socket at socketPath and serves the Workload API
+// until ctx is done, then stops gracefully: open streams end with
+// Unavailable, calls in flight get shutdownGrace to finish, and the socket
+// file is removed. It returns nil after a stop for ctx, or the error that
+// made listening or serving fail. A Server serves once.
+//
+// Serve creates the socket's directory (mode 0755) if missing, replaces a
+// stale socket (one no server accepts on) but refuses to replace a live
+// socket or any other file, and makes the socket 0777: every user may
+// connect, and attestation, not file permissions, decides what a caller gets.
+func (s *Server) Serve(ctx context.Context, socketPath string) error {
+	if !s.started.CompareAndSwap(false, true) {
+		return errors.New("workloadapi: server already started")
+	}
+	lis, err := listen(socketPath)
+	if err != nil {
+		return err
+	}
+	gs := grpc.NewServer(
+		grpc.Creds(peercred.Credentials()),
+		grpc.MaxSendMsgSize(maxSendMsgSize),
+	)
+	workload.RegisterSpiffeWorkloadAPIServer(gs, s)
+
+	s.log.Info("workload api serving", logKeySockPath, socketPath)
+	served := make(chan error, 1)
+	go func() { served <- gs.Serve(lis) }()
+	select {
+	case err := <-served:
+		close(s.stopping)
+		gs.Stop()
+		return fmt.Errorf("workloadapi: serve: %w", err)
+	case <-ctx.Done():
+	}
+
+	close(s.stopping)
+	stopped := make(chan struct{})
+	go func() {
+		gs.GracefulStop()
+		close(stopped)
+	}()
+	t := s.cfg.Clock.NewTimer(shutdownGrace)
+	defer t.Stop()
+	select {
+	case <-stopped:
+	case <-t.C():
+		s.log.Warn("workload api calls still open after the grace period; closing them")
+		gs.Stop()
+		<-stopped
+	}
+	<-served
+	s.log.Info("workload api stopped")
+	return nil
+}
+
+// listen prepares path and listens on it; see Serve. The socket file is
+// removed when the listener is closed.
+func listen(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("workloadapi: socket directory: %w", err)
+	}
+	fi, err := os.Lstat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return nil, fmt.Errorf("workloadapi: socket: %w", err)
+	case fi.Mode().Type() != fs.ModeSocket:
+		return nil, fmt.Errorf("workloadapi: socket: %s exists and is not a socket", path)
+	default:
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("workloadapi: socket: %s is in use by another server", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("workloadapi: remove stale socket: %w", err)
+		}
+	}
+	lis, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("workloadapi: listen: %w", err)
+	}
+	if err := os.Chmod(path, 0o777); err != nil {
+		lis.Close()
+		return nil, fmt.Errorf("workloadapi: socket mode: %w", err)
+	}
+	return lis, nil
+}
+
+// FetchWITSVID is not served: Tally issues no WIT-SVIDs.
+func (s *Server) FetchWITSVID(_ *workload.WITSVIDRequest, stream grpc.ServerStreamingServer[workload.WITSVIDResponse]) error {
+	return s.unimplemented(stream.Context(), "FetchWITSVID")
+}
+
+// FetchWITBundles is not served: Tally issues no WIT-SVIDs.
+func (s *Server) FetchWITBundles(_ *workload.WITBundlesRequest, stream grpc.ServerStreamingServer[workload.WITBundlesResponse]) error {
+	return s.unimplemented(stream.Context(), "FetchWITBundles")
+}
+
+func (s *Server) unimplemented(ctx context.Context, method string) error {
+	log := s.log.With(logKeyMethod, method)
+	if err := checkHeader(ctx); err != nil {
+		return toStatus(log, err)
+	}
+	return toStatus(log, fmt.Errorf("%w: %s", errUnimplemented, method))
+}
