@@ -4,7 +4,7 @@ BIN      := $(CURDIR)/bin
 GOFLAGS  ?= -buildvcs=false
 export GOFLAGS
 
-.PHONY: all build test bench run proto vet clean
+.PHONY: all build test bench run proto vet clean spire
 
 all: build
 
@@ -14,11 +14,14 @@ build: ## build tally-server, tally-agent, tallyctl and the demo into bin/
 vet:
 	$(GO) vet ./...
 
-test: build ## every test (real badger, real gRPC over real sockets, real processes)
+spire: ## SPIRE v1.13.3 from the Go module proxy, cached in .cache/spire (its CLI is tested against Tally)
+	./scripts/spire/build.sh
+
+test: build spire ## every test (real badger, real gRPC over real sockets, real processes)
 	$(GO) vet ./...
 	TALLY_BIN=$(BIN) $(GO) test -count=1 -timeout 20m ./...
 
-bench: build ## benchmarks: signing vs the raw crypto floor, entry creation, large stores
+bench: build spire ## benchmarks: signing vs the raw crypto floor, entry creation, large stores
 	TALLY_BIN=$(BIN) ./scripts/bench.sh
 
 run: build ## a local trust domain in a temp dir; Ctrl-C stops it

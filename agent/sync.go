@@ -78,6 +78,8 @@ func (a *Agent) syncOnce(ctx context.Context, node tallyv1.NodeClient, changed <
 			continue
 		}
 		a.cache.Apply(*pending)
+		a.log.Debug("entry sync applied", "snapshot", pending.Reset, "revision", m.GetRevision(),
+			"upserts", len(pending.Upserts), "deleted", len(pending.Deleted), "bundle", pending.Bundle != nil)
 		if pending.Bundle != nil {
 			if err := a.id.setBundle(pending.Bundle); err != nil {
 				a.log.Warn("keeping the bundle", "error", err)

@@ -1,43 +1,86 @@
 #!/usr/bin/env bash
-# Starts a local Tally trust domain (example.org) in a temp dir and keeps it
-# running until Ctrl-C. Used by `make run`.
+# make run: a local Tally trust domain (example.org) in a temp dir — server,
+# agent (join token), entries for the current user, and two demo workloads
+# talking mutual TLS with X509-SVIDs from the Workload API. Ctrl-C stops it.
 set -euo pipefail
 BIN=${TALLY_BIN:-$(cd "$(dirname "$0")/.." && pwd)/bin}
 DIR=$(mktemp -d /tmp/tally-run.XXXXXX)
-SOCK=$DIR/admin.sock
+chmod 755 "$DIR"
+# Ports can be moved with environment variables (tests do).
+NODE_ADDR=${TALLY_NODE_ADDR:-127.0.0.1:8081}
+HTTPS_ADDR=${TALLY_HTTPS_ADDR:-127.0.0.1:8443}
+HEALTH_ADDR=${TALLY_HEALTH_ADDR:-127.0.0.1:8080}
+AGENT_HEALTH_ADDR=${TALLY_AGENT_HEALTH_ADDR:-127.0.0.1:8082}
+GREETER_ADDR=${TALLY_GREETER_ADDR:-127.0.0.1:9443}
+ADMIN=$DIR/admin.sock
+AGENT_SOCK=$DIR/agent/agent.sock
+PIDS=()
 cleanup() {
-  [ -n "${SERVER_PID:-}" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null || true
-  echo "state kept in $DIR (logs: $DIR/server.log)"
+  for ((i=${#PIDS[@]}-1; i>=0; i--)); do kill "${PIDS[$i]}" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  echo "stopped; state and logs kept in $DIR"
 }
 trap cleanup EXIT
 trap "exit 0" INT TERM
+wait_for() { # what, command...
+  local what=$1; shift
+  for _ in $(seq 1 200); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "timed out waiting for $what; see $DIR/*.log" >&2; exit 1
+}
 
-"$BIN/tally-server" run --trust-domain example.org --data-dir "$DIR/data" --admin-socket "$SOCK" \
-  --bind-address 127.0.0.1:8081 --http-address 127.0.0.1:8443 --health-address 127.0.0.1:8080 \
+"$BIN/tally-server" run --trust-domain example.org --data-dir "$DIR/server" --admin-socket "$ADMIN" \
+  --bind-address "$NODE_ADDR" --http-address "$HTTPS_ADDR" --health-address "$HEALTH_ADDR" \
   --log-format text >"$DIR/server.log" 2>&1 &
-SERVER_PID=$!
-for _ in $(seq 1 100); do
-  "$BIN/tallyctl" --socket "$SOCK" healthcheck >/dev/null 2>&1 && break
-  kill -0 "$SERVER_PID" 2>/dev/null || { cat "$DIR/server.log"; exit 1; }
-  sleep 0.1
-done
-export TALLY_ADMIN_SOCKET=$SOCK
-"$BIN/tallyctl" entry create --parent-id spiffe://example.org/demo/node --spiffe-id spiffe://example.org/demo/web \
-  --selector "unix:uid:$(id -u)" --dns web.example.org >/dev/null
+PIDS+=($!)
+wait_for "the server" "$BIN/tallyctl" --socket "$ADMIN" healthcheck
+export TALLY_ADMIN_SOCKET=$ADMIN
+
+NODE=spiffe://example.org/demo/node
+TOKEN=$("$BIN/tallyctl" token generate --spiffe-id "$NODE" -o json | sed -n 's/.*"token": *"\([^"]*\)".*/\1/p')
+"$BIN/tallyctl" bundle show --format pem >"$DIR/bundle.pem"
+"$BIN/tally-agent" run --trust-domain example.org --server-address "$NODE_ADDR" --trust-bundle "$DIR/bundle.pem" \
+  --join-token "$TOKEN" --socket-path "$AGENT_SOCK" --data-dir "$DIR/agent-data" --health-address "$AGENT_HEALTH_ADDR" \
+  --log-format text >"$DIR/agent.log" 2>&1 &
+PIDS+=($!)
+wait_for "the agent" curl -sf "http://$AGENT_HEALTH_ADDR/readyz"
+
+# Two identities for the current user, told apart by the executable.
+cp "$BIN/greeter" "$DIR/greeter-client"
+U=$(id -u)
+"$BIN/tallyctl" entry create --parent-id "$NODE" --spiffe-id spiffe://example.org/demo/greeter-server \
+  --selector "unix:uid:$U" --selector "unix:path:$BIN/greeter" --dns greeter.demo >/dev/null
+"$BIN/tallyctl" entry create --parent-id "$NODE" --spiffe-id spiffe://example.org/demo/greeter-client \
+  --selector "unix:uid:$U" --selector "unix:path:$DIR/greeter-client" >/dev/null
+"$BIN/tallyctl" entry create --parent-id "$NODE" --spiffe-id spiffe://example.org/demo/you \
+  --selector "unix:uid:$U" >/dev/null
+
+export SPIFFE_ENDPOINT_SOCKET=unix://$AGENT_SOCK
+"$BIN/greeter" server --addr "$GREETER_ADDR" --peer-id spiffe://example.org/demo/greeter-client >"$DIR/greeter-server.log" 2>&1 &
+PIDS+=($!)
+wait_for "the greeter server" grep -q "listening on" "$DIR/greeter-server.log"
+"$DIR/greeter-client" client --addr "$GREETER_ADDR" --peer-id spiffe://example.org/demo/greeter-server --every 2s \
+  >"$DIR/greeter-client.log" 2>&1 &
+PIDS+=($!)
+wait_for "the first greeting" grep -q "^ok 1" "$DIR/greeter-client.log"
+
 cat <<MSG
 
-Tally server running for trust domain example.org (pid $SERVER_PID), state in $DIR.
+Tally is running: trust domain example.org, state and logs in $DIR
+  server  $NODE_ADDR (Node API), https://$HTTPS_ADDR (bundle, OIDC), http://$HEALTH_ADDR/metrics
+  agent   $AGENT_SOCK (Workload API), http://$AGENT_HEALTH_ADDR/metrics
+  demo    greeter-server and greeter-client talk mutual TLS every 2 s:
+          $(head -1 "$DIR/greeter-client.log")
 
-  export TALLY_ADMIN_SOCKET=$SOCK
+Try:
+  export TALLY_ADMIN_SOCKET=$ADMIN SPIFFE_ENDPOINT_SOCKET=unix://$AGENT_SOCK
+  $BIN/tallyctl svid fetch x509                    # your identity (spiffe://example.org/demo/you)
+  $BIN/tallyctl svid fetch jwt --audience demo
+  $BIN/tallyctl svid watch                         # updates as entries change or SVIDs rotate
+  $BIN/tallyctl entry create --parent-id $NODE --spiffe-id spiffe://example.org/demo/extra --selector unix:uid:$U
   $BIN/tallyctl entry list
-  $BIN/tallyctl token generate --spiffe-id spiffe://example.org/demo/node
-  $BIN/tallyctl x509 mint --spiffe-id spiffe://example.org/demo/web --out-dir $DIR/mint
-  $BIN/tallyctl jwt mint --spiffe-id spiffe://example.org/demo/web --audience demo
-  $BIN/tallyctl bundle show --format spiffe
-  curl -sk https://127.0.0.1:8443/            # SPIFFE bundle endpoint (https_spiffe)
-  curl -sk https://127.0.0.1:8443/keys        # OIDC JWKS
-  curl -s  http://127.0.0.1:8080/metrics      # Prometheus
+  $BIN/tallyctl agent list
+  tail -f $DIR/greeter-client.log
 
-Ctrl-C stops it.
+Ctrl-C stops everything.
 MSG
-wait "$SERVER_PID"
+wait

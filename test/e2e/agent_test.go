@@ -246,14 +246,18 @@ func TestServerRestartWhileStreaming(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, svid.ID, fresh.ID)
 
+	snapshotsBefore := strings.Count(a.Log(), `"snapshot":true`)
 	s.Start(t)
-	// After the server is back, a new entry reaches the open stream.
+	// After the server is back, a new entry reaches the open stream, and
+	// the agent resumed from its revision rather than taking a snapshot.
 	createEntries(t, s, &tallyv1.Entry{SpiffeId: "spiffe://example.org/after", ParentId: a.ID(t).String(),
 		Selectors: []*tallyv1.Selector{{Type: "unix", Value: uidSelector()}}})
 	require.Eventually(t, func() bool {
 		svids, err := workloadapi.FetchX509SVIDs(ctx, workloadapi.WithAddr(a.Addr()))
 		return err == nil && len(svids) == 2
 	}, time.Minute, 100*time.Millisecond)
+	require.Equal(t, snapshotsBefore, strings.Count(a.Log(), `"snapshot":true`), "no snapshot after reconnecting")
+	require.Contains(t, a.Log(), `"msg":"entry sync applied","snapshot":false`)
 }
 
 func TestEntryChangesReachOpenStreams(t *testing.T) {
