@@ -31,7 +31,7 @@ import (
 // Minter gets SVIDs signed: the server's Node API.
 type Minter interface {
 	NewX509SVIDs(ctx context.Context, reqs []*tallyv1.X509SVIDRequest) ([]*tallyv1.X509SVIDResult, error)
-	NewJWTSVID(ctx context.Context, entryID string, audience []string) (token string, expiresAt time.Time, err error)
+	NewJWTSVIDs(ctx context.Context, reqs []*tallyv1.NewJWTSVIDRequest) ([]*tallyv1.JWTSVIDResult, error)
 }
 
 // CacheConfig configures a Cache.
@@ -81,6 +81,7 @@ type Cache struct {
 	jwtMu    sync.Mutex
 	jwts     map[string]cachedJWT
 	jwtGroup singleflight.Group
+	jwtBatch *jwtBatcher
 }
 
 type cachedSVID struct {
@@ -120,6 +121,7 @@ func NewCache(cfg CacheConfig) *Cache {
 	}
 	return &Cache{
 		cfg:        cfg,
+		jwtBatch:   newJWTBatcher(cfg.Minter.NewJWTSVIDs),
 		syncedCh:   make(chan struct{}),
 		entries:    map[string]*entry{},
 		bySel:      map[attest.Selector]map[string]*entry{},
@@ -324,7 +326,9 @@ func (c *Cache) enqueueLocked(id string) {
 func (c *Cache) pendingLocked(id string) bool { return c.queued[id] || c.inflight[id] }
 
 // publishLocked sends the subscriber its full state once every identity it
-// has is ready (an SVID, or a failed mint to report without).
+// has is ready (an SVID, or a failed mint to report without). SVIDs are in
+// entry creation order, so the default SVID (the first, which go-spiffe and
+// Envoy use) is the one of the oldest entry and stays put.
 func (c *Cache) publishLocked(sub *subscription) {
 	if c.bundle == nil {
 		return
@@ -334,7 +338,13 @@ func (c *Cache) publishLocked(sub *subscription) {
 	for id := range sub.ids {
 		ids = append(ids, id)
 	}
-	sort.Strings(ids)
+	sort.Slice(ids, func(i, j int) bool {
+		a, b := sub.ids[ids[i]], sub.ids[ids[j]]
+		if !a.CreatedAt.Equal(b.CreatedAt) {
+			return a.CreatedAt.Before(b.CreatedAt)
+		}
+		return a.ID < b.ID
+	})
 	for _, id := range ids {
 		s := c.svids[id]
 		if s == nil {
@@ -503,7 +513,7 @@ func (c *Cache) jwtFor(ctx context.Context, e *entry, audience []string, key str
 		return hit.svid, nil
 	}
 	v, err, _ := c.jwtGroup.Do(key, func() (any, error) {
-		token, exp, err := c.cfg.Minter.NewJWTSVID(ctx, e.ID, audience)
+		token, exp, err := c.jwtBatch.Do(ctx, e.ID, audience)
 		c.cfg.Metrics.minted.WithLabelValues("jwt", result(err)).Inc()
 		if err != nil {
 			return nil, err

@@ -68,9 +68,14 @@ func (m *testMinter) NewX509SVIDs(_ context.Context, reqs []*tallyv1.X509SVIDReq
 	return out, nil
 }
 
-func (m *testMinter) NewJWTSVID(_ context.Context, entryID string, _ []string) (string, time.Time, error) {
-	n := m.jwts.Add(1)
-	return entryID + "-token-" + string(rune('0'+n)), m.clock.Now().Add(5 * time.Minute), nil
+func (m *testMinter) NewJWTSVIDs(_ context.Context, reqs []*tallyv1.NewJWTSVIDRequest) ([]*tallyv1.JWTSVIDResult, error) {
+	out := make([]*tallyv1.JWTSVIDResult, len(reqs))
+	for i, r := range reqs {
+		n := m.jwts.Add(1)
+		out[i] = &tallyv1.JWTSVIDResult{EntryId: r.GetEntryId(), Token: r.GetEntryId() + "-token-" + string(rune('0'+n)),
+			ExpiresAt: m.clock.Now().Add(5 * time.Minute).Unix()}
+	}
+	return out, nil
 }
 
 func testEntry(id, spiffeID string, rev uint64, sels ...string) *entry {

@@ -18,6 +18,7 @@ type entry struct {
 	DNSNames  []string
 	Hint      string
 	Revision  uint64
+	CreatedAt time.Time
 }
 
 func entryFromProto(p *tallyv1.Entry) (*entry, error) {
@@ -26,12 +27,13 @@ func entryFromProto(p *tallyv1.Entry) (*entry, error) {
 		return nil, err
 	}
 	e := &entry{
-		ID:       p.GetId(),
-		SPIFFEID: id,
-		X509TTL:  time.Duration(p.GetX509TtlSeconds()) * time.Second,
-		DNSNames: p.GetDnsNames(),
-		Hint:     p.GetHint(),
-		Revision: p.GetRevision(),
+		ID:        p.GetId(),
+		SPIFFEID:  id,
+		X509TTL:   time.Duration(p.GetX509TtlSeconds()) * time.Second,
+		DNSNames:  p.GetDnsNames(),
+		Hint:      p.GetHint(),
+		Revision:  p.GetRevision(),
+		CreatedAt: time.Unix(p.GetCreatedAt(), 0),
 	}
 	for _, s := range p.GetSelectors() {
 		e.Selectors = append(e.Selectors, attest.Selector{Type: s.GetType(), Value: s.GetValue()})

@@ -88,17 +88,17 @@ func (s *serverConn) NewX509SVIDs(ctx context.Context, reqs []*tallyv1.X509SVIDR
 	return resp.GetResults(), nil
 }
 
-// NewJWTSVID implements Minter.
-func (s *serverConn) NewJWTSVID(ctx context.Context, entryID string, audience []string) (string, time.Time, error) {
+// NewJWTSVIDs implements Minter.
+func (s *serverConn) NewJWTSVIDs(ctx context.Context, reqs []*tallyv1.NewJWTSVIDRequest) ([]*tallyv1.JWTSVIDResult, error) {
 	node, _ := s.Node()
 	if node == nil {
-		return "", time.Time{}, errors.New("agent: not connected")
+		return nil, errors.New("agent: not connected")
 	}
-	resp, err := node.NewJWTSVID(ctx, &tallyv1.NewJWTSVIDRequest{EntryId: entryID, Audience: audience})
+	resp, err := node.BatchNewJWTSVID(ctx, &tallyv1.BatchNewJWTSVIDRequest{Requests: reqs})
 	if err != nil {
-		return "", time.Time{}, err
+		return nil, err
 	}
-	return resp.GetToken(), time.Unix(resp.GetExpiresAt(), 0), nil
+	return resp.GetResults(), nil
 }
 
 // bootstrapTLS is the TLS config for attestation: the server is

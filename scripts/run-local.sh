@@ -44,7 +44,7 @@ TOKEN=$("$BIN/tallyctl" token generate --spiffe-id "$NODE" -o json | sed -n 's/.
 PIDS+=($!)
 wait_for "the agent" curl -sf "http://$AGENT_HEALTH_ADDR/readyz"
 
-# Two identities for the current user, told apart by the executable.
+# Identities for the current user, told apart by the executable.
 cp "$BIN/greeter" "$DIR/greeter-client"
 U=$(id -u)
 "$BIN/tallyctl" entry create --parent-id "$NODE" --spiffe-id spiffe://example.org/demo/greeter-server \
@@ -52,7 +52,7 @@ U=$(id -u)
 "$BIN/tallyctl" entry create --parent-id "$NODE" --spiffe-id spiffe://example.org/demo/greeter-client \
   --selector "unix:uid:$U" --selector "unix:path:$DIR/greeter-client" >/dev/null
 "$BIN/tallyctl" entry create --parent-id "$NODE" --spiffe-id spiffe://example.org/demo/you \
-  --selector "unix:uid:$U" >/dev/null
+  --selector "unix:uid:$U" --selector "unix:path:$BIN/tallyctl" >/dev/null
 
 export SPIFFE_ENDPOINT_SOCKET=unix://$AGENT_SOCK
 "$BIN/greeter" server --addr "$GREETER_ADDR" --peer-id spiffe://example.org/demo/greeter-client >"$DIR/greeter-server.log" 2>&1 &
@@ -73,10 +73,10 @@ Tally is running: trust domain example.org, state and logs in $DIR
 
 Try:
   export TALLY_ADMIN_SOCKET=$ADMIN SPIFFE_ENDPOINT_SOCKET=unix://$AGENT_SOCK
-  $BIN/tallyctl svid fetch x509                    # your identity (spiffe://example.org/demo/you)
+  $BIN/tallyctl svid fetch x509                    # tallyctl's identity (spiffe://example.org/demo/you)
   $BIN/tallyctl svid fetch jwt --audience demo
   $BIN/tallyctl svid watch                         # updates as entries change or SVIDs rotate
-  $BIN/tallyctl entry create --parent-id $NODE --spiffe-id spiffe://example.org/demo/extra --selector unix:uid:$U
+  $BIN/tallyctl entry create --parent-id $NODE --spiffe-id spiffe://example.org/demo/extra --selector unix:uid:$U --selector unix:path:$BIN/tallyctl
   $BIN/tallyctl entry list
   $BIN/tallyctl agent list
   tail -f $DIR/greeter-client.log

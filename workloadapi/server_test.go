@@ -71,7 +71,7 @@ func withAttestor(a workloadapi.Attestor) envOption {
 }
 
 // startServer serves src with the real unix attestor (unless replaced).
-func startServer(t *testing.T, src *testSource, opts ...envOption) *env {
+func startServer(t testing.TB, src *testSource, opts ...envOption) *env {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "wlapi") // short: socket paths are limited to 108 bytes
 	require.NoError(t, err)

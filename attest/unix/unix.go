@@ -14,6 +14,8 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"sync"
+	"time"
 
 	"github.com/tallyid/tally/attest"
 )
@@ -40,6 +42,7 @@ type Config struct {
 type Attestor struct {
 	procRoot string
 	log      *slog.Logger
+	names    nameCache
 }
 
 // New returns an Attestor.
@@ -50,7 +53,7 @@ func New(cfg Config) *Attestor {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Attestor{procRoot: cfg.ProcRoot, log: cfg.Logger}
+	return &Attestor{procRoot: cfg.ProcRoot, log: cfg.Logger, names: nameCache{ttl: time.Minute, m: map[string]cachedName{}}}
 }
 
 // Attest returns the selectors of process pid, in this order:
@@ -93,11 +96,21 @@ func (a *Attestor) Attest(ctx context.Context, pid int32) ([]attest.Selector, er
 		{Type: Type, Value: "uid:" + uid},
 		{Type: Type, Value: "gid:" + gid},
 	}
-	if u, err := user.LookupId(uid); err == nil && u.Username != "" {
-		sels = append(sels, attest.Selector{Type: Type, Value: "user:" + u.Username})
+	if name := a.names.lookup("u"+uid, func() string {
+		if u, err := user.LookupId(uid); err == nil {
+			return u.Username
+		}
+		return ""
+	}); name != "" {
+		sels = append(sels, attest.Selector{Type: Type, Value: "user:" + name})
 	}
-	if g, err := user.LookupGroupId(gid); err == nil && g.Name != "" {
-		sels = append(sels, attest.Selector{Type: Type, Value: "group:" + g.Name})
+	if name := a.names.lookup("g"+gid, func() string {
+		if g, err := user.LookupGroupId(gid); err == nil {
+			return g.Name
+		}
+		return ""
+	}); name != "" {
+		sels = append(sels, attest.Selector{Type: Type, Value: "group:" + name})
 	}
 	path, err := os.Readlink(filepath.Join(dir, "exe"))
 	switch {
@@ -145,4 +158,35 @@ func parseStatus(b []byte) (uid, gid string, err error) {
 		return "", "", errors.New("no Uid or Gid line")
 	}
 	return uid, gid, nil
+}
+
+// nameCache remembers user and group names for a short while: every
+// Workload API call attests, and names change rarely.
+type nameCache struct {
+	ttl time.Duration
+	mu  sync.Mutex
+	m   map[string]cachedName
+}
+
+type cachedName struct {
+	name    string
+	expires time.Time
+}
+
+func (c *nameCache) lookup(key string, resolve func() string) string {
+	now := time.Now()
+	c.mu.Lock()
+	hit, ok := c.m[key]
+	c.mu.Unlock()
+	if ok && now.Before(hit.expires) {
+		return hit.name
+	}
+	name := resolve()
+	c.mu.Lock()
+	if len(c.m) > 10_000 {
+		clear(c.m)
+	}
+	c.m[key] = cachedName{name: name, expires: now.Add(c.ttl)}
+	c.mu.Unlock()
+	return name
 }

@@ -346,6 +346,39 @@ func (n *Node) newJWTSVID(ctx context.Context, sc registry.Scope, req *tallyv1.N
 	return &tallyv1.NewJWTSVIDResponse{Token: token, ExpiresAt: exp.Unix()}, entry.SPIFFEID, nil
 }
 
+// BatchNewJWTSVID signs a JWT-SVID per request for the entries the agent
+// is entitled to; each refusal is reported in its own result.
+func (n *Node) BatchNewJWTSVID(ctx context.Context, req *tallyv1.BatchNewJWTSVIDRequest) (*tallyv1.BatchNewJWTSVIDResponse, error) {
+	agent, err := n.authAgent(ctx)
+	if err != nil {
+		return nil, toStatus(n.cfg.Logger, "BatchNewJWTSVID", err)
+	}
+	reqs := req.GetRequests()
+	if len(reqs) > n.cfg.MaxBatch {
+		return nil, toStatus(n.cfg.Logger, "BatchNewJWTSVID", fmt.Errorf("%w: %d requests in one batch, at most %d", errInvalid, len(reqs), n.cfg.MaxBatch))
+	}
+	sc := scopeOf(agent)
+	results := make([]*tallyv1.JWTSVIDResult, len(reqs))
+	var g errgroup.Group
+	g.SetLimit(runtime.GOMAXPROCS(0))
+	for i, r := range reqs {
+		g.Go(func() error {
+			resp, id, err := n.newJWTSVID(ctx, sc, r)
+			res := &tallyv1.JWTSVIDResult{EntryId: r.GetEntryId()}
+			if err != nil {
+				res.Error = err.Error()
+			} else {
+				res.Token, res.ExpiresAt = resp.GetToken(), resp.GetExpiresAt()
+			}
+			n.auditLog(ctx, agent.ID, "jwt_svid", id, err)
+			results[i] = res
+			return nil
+		})
+	}
+	_ = g.Wait()
+	return &tallyv1.BatchNewJWTSVIDResponse{Results: results}, nil
+}
+
 // authAgent verifies the caller's agent SVID and returns its record: it
 // must exist, not be banned, and the SVID must be its current or previous.
 func (n *Node) authAgent(ctx context.Context) (store.Agent, error) {

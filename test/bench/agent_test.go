@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"github.com/stretchr/testify/require"
@@ -139,7 +140,7 @@ func (w idWatcher) OnX509ContextUpdate(c *workloadapi.X509Context) {
 func (idWatcher) OnX509ContextWatchError(error) {}
 
 // jwtThroughput: 50 clients fetch JWT-SVIDs for fresh audiences for d.
-func jwtThroughput(t testing.TB, addr string, clients int, d time.Duration) float64 {
+func jwtThroughput(t testing.TB, addr string, subject spiffeid.ID, clients int, d time.Duration) float64 {
 	ctx := context.Background()
 	cs := make([]*workloadapi.Client, clients)
 	for i := range cs {
@@ -156,7 +157,7 @@ func jwtThroughput(t testing.TB, addr string, clients int, d time.Duration) floa
 		aud := fmt.Sprintf("aud-%d-%d", n, time.Now().UnixNano())
 		c := cs[n%clients]
 		seq.Unlock()
-		_, err := c.FetchJWTSVID(ctx, jwtsvid.Params{Audience: aud})
+		_, err := c.FetchJWTSVID(ctx, jwtsvid.Params{Audience: aud, Subject: subject})
 		return 1, err
 	})
 }
@@ -194,6 +195,8 @@ func BenchmarkAgentVsSPIRE(b *testing.B) {
 		set("server RSS idle (MiB)", d, float64(harness.RSSOf(b, d.serverPID()))/(1<<20))
 	}
 
+	only := os.Getenv("TALLY_BENCH_ONLY") // e.g. "jwt": one measure, for quick iterations
+	want := func(m string) bool { return only == "" || only == m }
 	for _, d := range deps {
 		d.create(b, []string{"spiffe://example.org/bench/w0"}, uid)
 		// Wait until served (SPIRE syncs every 5 s).
@@ -203,6 +206,15 @@ func BenchmarkAgentVsSPIRE(b *testing.B) {
 			_, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr(d.addr()))
 			return err == nil
 		}, time.Minute, 200*time.Millisecond)
+
+		// 4. FetchJWTSVID, 50 concurrent clients, fresh audiences.
+		if want("jwt") {
+			set("FetchJWTSVID, 50 clients, fresh audiences (per s)", d,
+				jwtThroughput(b, d.addr(), spiffeid.RequireFromString("spiffe://example.org/bench/w0"), 50, 5*time.Second))
+		}
+		if !want("svids") {
+			continue
+		}
 
 		// 1. Time to first X509-SVID, 50 concurrent new clients, 5 runs.
 		var p50s []time.Duration
@@ -253,9 +265,6 @@ func BenchmarkAgentVsSPIRE(b *testing.B) {
 		time.Sleep(2 * time.Second)
 		set("agent RSS, 1,011 cached SVIDs (MiB)", d, float64(harness.RSSOf(b, d.agentPID()))/(1<<20))
 		set("server RSS, 1,011 entries (MiB)", d, float64(harness.RSSOf(b, d.serverPID()))/(1<<20))
-
-		// 4. FetchJWTSVID, 50 concurrent clients, fresh audiences.
-		set("FetchJWTSVID, 50 clients, fresh audiences (per s)", d, jwtThroughput(b, d.addr(), 50, 5*time.Second))
 	}
 
 	order := []string{
@@ -272,6 +281,9 @@ func BenchmarkAgentVsSPIRE(b *testing.B) {
 	var rows []string
 	for _, k := range order {
 		r := res[k]
+		if r == nil {
+			continue
+		}
 		rows = append(rows, fmt.Sprintf("%s\t%.1f\t%.1f\t%.2f", k, r.tally, r.spire, r.tally/r.spire))
 	}
 	table(b, "Agent and Workload API: Tally vs SPIRE v1.13.3, same machine, same go-spiffe client, one run",

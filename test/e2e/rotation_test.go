@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -22,13 +23,15 @@ func TestRotationWithoutOutage(t *testing.T) {
 	s := harness.StartServer(t, "--ca-ttl", "3m", "--x509-svid-ttl", "30s")
 	a := harness.StartAgent(t, s, "")
 	greeter := harness.Binaries(t) + "/greeter"
+	self, err := os.Executable()
+	require.NoError(t, err)
 	createEntries(t, s,
 		&tallyv1.Entry{SpiffeId: "spiffe://example.org/greeter/server", ParentId: a.ID(t).String(),
 			Selectors: []*tallyv1.Selector{{Type: "unix", Value: uidSelector()}, {Type: "unix", Value: "path:" + greeter}}},
 		&tallyv1.Entry{SpiffeId: "spiffe://example.org/greeter/client", ParentId: a.ID(t).String(),
 			Selectors: []*tallyv1.Selector{{Type: "unix", Value: "uid:65534"}}},
 		&tallyv1.Entry{SpiffeId: "spiffe://example.org/watcher", ParentId: a.ID(t).String(),
-			Selectors: []*tallyv1.Selector{{Type: "unix", Value: uidSelector()}}},
+			Selectors: []*tallyv1.Selector{{Type: "unix", Value: uidSelector()}, {Type: "unix", Value: "path:" + self}}},
 	)
 	addr := harness.FreeAddr(t)
 	server := harness.StartProcess(t, []string{"SPIFFE_ENDPOINT_SOCKET=" + a.Addr()}, 0,

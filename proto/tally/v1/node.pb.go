@@ -696,6 +696,164 @@ func (x *NewJWTSVIDResponse) GetExpiresAt() int64 {
 	return 0
 }
 
+type BatchNewJWTSVIDRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Requests      []*NewJWTSVIDRequest   `protobuf:"bytes,1,rep,name=requests,proto3" json:"requests,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchNewJWTSVIDRequest) Reset() {
+	*x = BatchNewJWTSVIDRequest{}
+	mi := &file_tally_v1_node_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchNewJWTSVIDRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchNewJWTSVIDRequest) ProtoMessage() {}
+
+func (x *BatchNewJWTSVIDRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tally_v1_node_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchNewJWTSVIDRequest.ProtoReflect.Descriptor instead.
+func (*BatchNewJWTSVIDRequest) Descriptor() ([]byte, []int) {
+	return file_tally_v1_node_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *BatchNewJWTSVIDRequest) GetRequests() []*NewJWTSVIDRequest {
+	if x != nil {
+		return x.Requests
+	}
+	return nil
+}
+
+type JWTSVIDResult struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	EntryId   string                 `protobuf:"bytes,1,opt,name=entry_id,json=entryId,proto3" json:"entry_id,omitempty"`
+	Token     string                 `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	ExpiresAt int64                  `protobuf:"varint,3,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// Why this request was refused; empty on success.
+	Error         string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JWTSVIDResult) Reset() {
+	*x = JWTSVIDResult{}
+	mi := &file_tally_v1_node_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JWTSVIDResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JWTSVIDResult) ProtoMessage() {}
+
+func (x *JWTSVIDResult) ProtoReflect() protoreflect.Message {
+	mi := &file_tally_v1_node_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JWTSVIDResult.ProtoReflect.Descriptor instead.
+func (*JWTSVIDResult) Descriptor() ([]byte, []int) {
+	return file_tally_v1_node_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *JWTSVIDResult) GetEntryId() string {
+	if x != nil {
+		return x.EntryId
+	}
+	return ""
+}
+
+func (x *JWTSVIDResult) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *JWTSVIDResult) GetExpiresAt() int64 {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return 0
+}
+
+func (x *JWTSVIDResult) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+type BatchNewJWTSVIDResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One per request, in request order.
+	Results       []*JWTSVIDResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchNewJWTSVIDResponse) Reset() {
+	*x = BatchNewJWTSVIDResponse{}
+	mi := &file_tally_v1_node_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchNewJWTSVIDResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchNewJWTSVIDResponse) ProtoMessage() {}
+
+func (x *BatchNewJWTSVIDResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tally_v1_node_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchNewJWTSVIDResponse.ProtoReflect.Descriptor instead.
+func (*BatchNewJWTSVIDResponse) Descriptor() ([]byte, []int) {
+	return file_tally_v1_node_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *BatchNewJWTSVIDResponse) GetResults() []*JWTSVIDResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
 var File_tally_v1_node_proto protoreflect.FileDescriptor
 
 const file_tally_v1_node_proto_rawDesc = "" +
@@ -745,7 +903,17 @@ const file_tally_v1_node_proto_rawDesc = "" +
 	"\x12NewJWTSVIDResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1d\n" +
 	"\n" +
-	"expires_at\x18\x02 \x01(\x03R\texpiresAt2\x8d\x03\n" +
+	"expires_at\x18\x02 \x01(\x03R\texpiresAt\"Q\n" +
+	"\x16BatchNewJWTSVIDRequest\x127\n" +
+	"\brequests\x18\x01 \x03(\v2\x1b.tally.v1.NewJWTSVIDRequestR\brequests\"u\n" +
+	"\rJWTSVIDResult\x12\x19\n" +
+	"\bentry_id\x18\x01 \x01(\tR\aentryId\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\tR\x05token\x12\x1d\n" +
+	"\n" +
+	"expires_at\x18\x03 \x01(\x03R\texpiresAt\x12\x14\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\"L\n" +
+	"\x17BatchNewJWTSVIDResponse\x121\n" +
+	"\aresults\x18\x01 \x03(\v2\x17.tally.v1.JWTSVIDResultR\aresults2\xe5\x03\n" +
 	"\x04Node\x12J\n" +
 	"\vAttestAgent\x12\x1c.tally.v1.AttestAgentRequest\x1a\x1d.tally.v1.AttestAgentResponse\x12G\n" +
 	"\n" +
@@ -753,7 +921,8 @@ const file_tally_v1_node_proto_rawDesc = "" +
 	"\vSyncEntries\x12\x1c.tally.v1.SyncEntriesRequest\x1a\x1d.tally.v1.SyncEntriesResponse0\x01\x12Y\n" +
 	"\x10BatchNewX509SVID\x12!.tally.v1.BatchNewX509SVIDRequest\x1a\".tally.v1.BatchNewX509SVIDResponse\x12G\n" +
 	"\n" +
-	"NewJWTSVID\x12\x1b.tally.v1.NewJWTSVIDRequest\x1a\x1c.tally.v1.NewJWTSVIDResponseB1Z/github.com/tallyid/tally/proto/tally/v1;tallyv1b\x06proto3"
+	"NewJWTSVID\x12\x1b.tally.v1.NewJWTSVIDRequest\x1a\x1c.tally.v1.NewJWTSVIDResponse\x12V\n" +
+	"\x0fBatchNewJWTSVID\x12 .tally.v1.BatchNewJWTSVIDRequest\x1a!.tally.v1.BatchNewJWTSVIDResponseB1Z/github.com/tallyid/tally/proto/tally/v1;tallyv1b\x06proto3"
 
 var (
 	file_tally_v1_node_proto_rawDescOnce sync.Once
@@ -767,7 +936,7 @@ func file_tally_v1_node_proto_rawDescGZIP() []byte {
 	return file_tally_v1_node_proto_rawDescData
 }
 
-var file_tally_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_tally_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_tally_v1_node_proto_goTypes = []any{
 	(*AttestAgentRequest)(nil),       // 0: tally.v1.AttestAgentRequest
 	(*AttestAgentResponse)(nil),      // 1: tally.v1.AttestAgentResponse
@@ -781,27 +950,34 @@ var file_tally_v1_node_proto_goTypes = []any{
 	(*BatchNewX509SVIDResponse)(nil), // 9: tally.v1.BatchNewX509SVIDResponse
 	(*NewJWTSVIDRequest)(nil),        // 10: tally.v1.NewJWTSVIDRequest
 	(*NewJWTSVIDResponse)(nil),       // 11: tally.v1.NewJWTSVIDResponse
-	(*Entry)(nil),                    // 12: tally.v1.Entry
+	(*BatchNewJWTSVIDRequest)(nil),   // 12: tally.v1.BatchNewJWTSVIDRequest
+	(*JWTSVIDResult)(nil),            // 13: tally.v1.JWTSVIDResult
+	(*BatchNewJWTSVIDResponse)(nil),  // 14: tally.v1.BatchNewJWTSVIDResponse
+	(*Entry)(nil),                    // 15: tally.v1.Entry
 }
 var file_tally_v1_node_proto_depIdxs = []int32{
-	12, // 0: tally.v1.SyncEntriesResponse.upserts:type_name -> tally.v1.Entry
+	15, // 0: tally.v1.SyncEntriesResponse.upserts:type_name -> tally.v1.Entry
 	6,  // 1: tally.v1.BatchNewX509SVIDRequest.requests:type_name -> tally.v1.X509SVIDRequest
 	8,  // 2: tally.v1.BatchNewX509SVIDResponse.results:type_name -> tally.v1.X509SVIDResult
-	0,  // 3: tally.v1.Node.AttestAgent:input_type -> tally.v1.AttestAgentRequest
-	2,  // 4: tally.v1.Node.RenewAgent:input_type -> tally.v1.RenewAgentRequest
-	4,  // 5: tally.v1.Node.SyncEntries:input_type -> tally.v1.SyncEntriesRequest
-	7,  // 6: tally.v1.Node.BatchNewX509SVID:input_type -> tally.v1.BatchNewX509SVIDRequest
-	10, // 7: tally.v1.Node.NewJWTSVID:input_type -> tally.v1.NewJWTSVIDRequest
-	1,  // 8: tally.v1.Node.AttestAgent:output_type -> tally.v1.AttestAgentResponse
-	3,  // 9: tally.v1.Node.RenewAgent:output_type -> tally.v1.RenewAgentResponse
-	5,  // 10: tally.v1.Node.SyncEntries:output_type -> tally.v1.SyncEntriesResponse
-	9,  // 11: tally.v1.Node.BatchNewX509SVID:output_type -> tally.v1.BatchNewX509SVIDResponse
-	11, // 12: tally.v1.Node.NewJWTSVID:output_type -> tally.v1.NewJWTSVIDResponse
-	8,  // [8:13] is the sub-list for method output_type
-	3,  // [3:8] is the sub-list for method input_type
-	3,  // [3:3] is the sub-list for extension type_name
-	3,  // [3:3] is the sub-list for extension extendee
-	0,  // [0:3] is the sub-list for field type_name
+	10, // 3: tally.v1.BatchNewJWTSVIDRequest.requests:type_name -> tally.v1.NewJWTSVIDRequest
+	13, // 4: tally.v1.BatchNewJWTSVIDResponse.results:type_name -> tally.v1.JWTSVIDResult
+	0,  // 5: tally.v1.Node.AttestAgent:input_type -> tally.v1.AttestAgentRequest
+	2,  // 6: tally.v1.Node.RenewAgent:input_type -> tally.v1.RenewAgentRequest
+	4,  // 7: tally.v1.Node.SyncEntries:input_type -> tally.v1.SyncEntriesRequest
+	7,  // 8: tally.v1.Node.BatchNewX509SVID:input_type -> tally.v1.BatchNewX509SVIDRequest
+	10, // 9: tally.v1.Node.NewJWTSVID:input_type -> tally.v1.NewJWTSVIDRequest
+	12, // 10: tally.v1.Node.BatchNewJWTSVID:input_type -> tally.v1.BatchNewJWTSVIDRequest
+	1,  // 11: tally.v1.Node.AttestAgent:output_type -> tally.v1.AttestAgentResponse
+	3,  // 12: tally.v1.Node.RenewAgent:output_type -> tally.v1.RenewAgentResponse
+	5,  // 13: tally.v1.Node.SyncEntries:output_type -> tally.v1.SyncEntriesResponse
+	9,  // 14: tally.v1.Node.BatchNewX509SVID:output_type -> tally.v1.BatchNewX509SVIDResponse
+	11, // 15: tally.v1.Node.NewJWTSVID:output_type -> tally.v1.NewJWTSVIDResponse
+	14, // 16: tally.v1.Node.BatchNewJWTSVID:output_type -> tally.v1.BatchNewJWTSVIDResponse
+	11, // [11:17] is the sub-list for method output_type
+	5,  // [5:11] is the sub-list for method input_type
+	5,  // [5:5] is the sub-list for extension type_name
+	5,  // [5:5] is the sub-list for extension extendee
+	0,  // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_tally_v1_node_proto_init() }
@@ -816,7 +992,7 @@ func file_tally_v1_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tally_v1_node_proto_rawDesc), len(file_tally_v1_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

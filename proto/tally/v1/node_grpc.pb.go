@@ -24,6 +24,7 @@ const (
 	Node_SyncEntries_FullMethodName      = "/tally.v1.Node/SyncEntries"
 	Node_BatchNewX509SVID_FullMethodName = "/tally.v1.Node/BatchNewX509SVID"
 	Node_NewJWTSVID_FullMethodName       = "/tally.v1.Node/NewJWTSVID"
+	Node_BatchNewJWTSVID_FullMethodName  = "/tally.v1.Node/BatchNewJWTSVID"
 )
 
 // NodeClient is the client API for Node service.
@@ -40,6 +41,9 @@ type NodeClient interface {
 	SyncEntries(ctx context.Context, in *SyncEntriesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SyncEntriesResponse], error)
 	BatchNewX509SVID(ctx context.Context, in *BatchNewX509SVIDRequest, opts ...grpc.CallOption) (*BatchNewX509SVIDResponse, error)
 	NewJWTSVID(ctx context.Context, in *NewJWTSVIDRequest, opts ...grpc.CallOption) (*NewJWTSVIDResponse, error)
+	// BatchNewJWTSVID signs several JWT-SVIDs in one call; each refusal is
+	// reported in its own result.
+	BatchNewJWTSVID(ctx context.Context, in *BatchNewJWTSVIDRequest, opts ...grpc.CallOption) (*BatchNewJWTSVIDResponse, error)
 }
 
 type nodeClient struct {
@@ -109,6 +113,16 @@ func (c *nodeClient) NewJWTSVID(ctx context.Context, in *NewJWTSVIDRequest, opts
 	return out, nil
 }
 
+func (c *nodeClient) BatchNewJWTSVID(ctx context.Context, in *BatchNewJWTSVIDRequest, opts ...grpc.CallOption) (*BatchNewJWTSVIDResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BatchNewJWTSVIDResponse)
+	err := c.cc.Invoke(ctx, Node_BatchNewJWTSVID_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NodeServer is the server API for Node service.
 // All implementations must embed UnimplementedNodeServer
 // for forward compatibility.
@@ -123,6 +137,9 @@ type NodeServer interface {
 	SyncEntries(*SyncEntriesRequest, grpc.ServerStreamingServer[SyncEntriesResponse]) error
 	BatchNewX509SVID(context.Context, *BatchNewX509SVIDRequest) (*BatchNewX509SVIDResponse, error)
 	NewJWTSVID(context.Context, *NewJWTSVIDRequest) (*NewJWTSVIDResponse, error)
+	// BatchNewJWTSVID signs several JWT-SVIDs in one call; each refusal is
+	// reported in its own result.
+	BatchNewJWTSVID(context.Context, *BatchNewJWTSVIDRequest) (*BatchNewJWTSVIDResponse, error)
 	mustEmbedUnimplementedNodeServer()
 }
 
@@ -147,6 +164,9 @@ func (UnimplementedNodeServer) BatchNewX509SVID(context.Context, *BatchNewX509SV
 }
 func (UnimplementedNodeServer) NewJWTSVID(context.Context, *NewJWTSVIDRequest) (*NewJWTSVIDResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method NewJWTSVID not implemented")
+}
+func (UnimplementedNodeServer) BatchNewJWTSVID(context.Context, *BatchNewJWTSVIDRequest) (*BatchNewJWTSVIDResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method BatchNewJWTSVID not implemented")
 }
 func (UnimplementedNodeServer) mustEmbedUnimplementedNodeServer() {}
 func (UnimplementedNodeServer) testEmbeddedByValue()              {}
@@ -252,6 +272,24 @@ func _Node_NewJWTSVID_Handler(srv interface{}, ctx context.Context, dec func(int
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Node_BatchNewJWTSVID_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BatchNewJWTSVIDRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServer).BatchNewJWTSVID(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Node_BatchNewJWTSVID_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServer).BatchNewJWTSVID(ctx, req.(*BatchNewJWTSVIDRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Node_ServiceDesc is the grpc.ServiceDesc for Node service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -274,6 +312,10 @@ var Node_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "NewJWTSVID",
 			Handler:    _Node_NewJWTSVID_Handler,
+		},
+		{
+			MethodName: "BatchNewJWTSVID",
+			Handler:    _Node_BatchNewJWTSVID_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
