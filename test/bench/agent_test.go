@@ -207,64 +207,15 @@ func BenchmarkAgentVsSPIRE(b *testing.B) {
 			return err == nil
 		}, time.Minute, 200*time.Millisecond)
 
-		// 4. FetchJWTSVID, 50 concurrent clients, fresh audiences.
+		if want("svids") {
+			measureSVIDs(b, d, uid, set)
+		}
+		// 4. FetchJWTSVID, 50 concurrent clients, fresh audiences (after the
+		// RSS figures, which are taken with 1,011 cached X509-SVIDs).
 		if want("jwt") {
 			set("FetchJWTSVID, 50 clients, fresh audiences (per s)", d,
 				jwtThroughput(b, d.addr(), spiffeid.RequireFromString("spiffe://example.org/bench/w0"), 50, 5*time.Second))
 		}
-		if !want("svids") {
-			continue
-		}
-
-		// 1. Time to first X509-SVID, 50 concurrent new clients, 5 runs.
-		var p50s []time.Duration
-		for range 5 {
-			p50s = append(p50s, firstSVIDs(b, d.addr(), 50))
-		}
-		set("first X509-SVID, 50 new clients, p50 (ms)", d, ms(median(p50s)))
-
-		// 2. Entry created → SVID delivered on an open stream, 10 times.
-		ctx, cancel := context.WithCancel(context.Background())
-		w := idWatcher{ch: make(chan []string, 1)}
-		client, err := workloadapi.New(ctx, workloadapi.WithAddr(d.addr()))
-		require.NoError(b, err)
-		go func() { _ = client.WatchX509Context(ctx, w) }()
-		<-w.ch
-		var delivered []time.Duration
-		for i := range 10 {
-			id := fmt.Sprintf("spiffe://example.org/bench/new-%d", i)
-			d.create(b, []string{id}, uid)
-			start := time.Now()
-			delivered = append(delivered, untilServed(b, w.ch, start, id, i+2))
-		}
-		set("entry created → SVID on open stream, median (ms)", d, ms(median(delivered)))
-
-		// 3. 1,000 more entries for this caller → one fetch returns all.
-		ids := make([]string, 1000)
-		for i := range ids {
-			ids[i] = fmt.Sprintf("spiffe://example.org/bench/k-%d", i)
-		}
-		d.create(b, ids, uid)
-		start := time.Now()
-		untilServed(b, w.ch, start, ids[len(ids)-1], 1011)
-		set("1,000 entries created → all served (ms)", d, ms(time.Since(start)))
-		cancel()
-		client.Close()
-		var fetches []time.Duration
-		for range 5 {
-			fctx, fcancel := context.WithTimeout(context.Background(), time.Minute)
-			t0 := time.Now()
-			svids, err := workloadapi.FetchX509SVIDs(fctx, workloadapi.WithAddr(d.addr()))
-			fcancel()
-			require.NoError(b, err)
-			require.Len(b, svids, 1011)
-			fetches = append(fetches, time.Since(t0))
-		}
-		set("fetch of 1,011 X509-SVIDs, median (ms)", d, ms(median(fetches)))
-
-		time.Sleep(2 * time.Second)
-		set("agent RSS, 1,011 cached SVIDs (MiB)", d, float64(harness.RSSOf(b, d.agentPID()))/(1<<20))
-		set("server RSS, 1,011 entries (MiB)", d, float64(harness.RSSOf(b, d.serverPID()))/(1<<20))
 	}
 
 	// The floor: the same 50 clients against a server that answers with a
@@ -304,4 +255,59 @@ func BenchmarkAgentVsSPIRE(b *testing.B) {
 	}
 	table(b, "Agent and Workload API: Tally vs SPIRE v1.13.3, same machine, same go-spiffe client, one run",
 		"measure\tTally\tSPIRE\tTally/SPIRE\tno-op server floor", rows)
+}
+
+// measureSVIDs runs measures 1–3 and the RSS figures on d.
+func measureSVIDs(b *testing.B, d deployment, uid string, set func(string, deployment, float64)) {
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+	// 1. Time to first X509-SVID, 50 concurrent new clients, 5 runs.
+	var p50s []time.Duration
+	for range 5 {
+		p50s = append(p50s, firstSVIDs(b, d.addr(), 50))
+	}
+	set("first X509-SVID, 50 new clients, p50 (ms)", d, ms(median(p50s)))
+
+	// 2. Entry created → SVID delivered on an open stream, 10 times.
+	ctx, cancel := context.WithCancel(context.Background())
+	w := idWatcher{ch: make(chan []string, 1)}
+	client, err := workloadapi.New(ctx, workloadapi.WithAddr(d.addr()))
+	require.NoError(b, err)
+	go func() { _ = client.WatchX509Context(ctx, w) }()
+	<-w.ch
+	var delivered []time.Duration
+	for i := range 10 {
+		id := fmt.Sprintf("spiffe://example.org/bench/new-%d", i)
+		d.create(b, []string{id}, uid)
+		start := time.Now()
+		delivered = append(delivered, untilServed(b, w.ch, start, id, i+2))
+	}
+	set("entry created → SVID on open stream, median (ms)", d, ms(median(delivered)))
+
+	// 3. 1,000 more entries for this caller → one fetch returns all.
+	ids := make([]string, 1000)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("spiffe://example.org/bench/k-%d", i)
+	}
+	d.create(b, ids, uid)
+	start := time.Now()
+	untilServed(b, w.ch, start, ids[len(ids)-1], 1011)
+	set("1,000 entries created → all served (ms)", d, ms(time.Since(start)))
+	cancel()
+	client.Close()
+	var fetches []time.Duration
+	for range 5 {
+		fctx, fcancel := context.WithTimeout(context.Background(), time.Minute)
+		t0 := time.Now()
+		svids, err := workloadapi.FetchX509SVIDs(fctx, workloadapi.WithAddr(d.addr()))
+		fcancel()
+		require.NoError(b, err)
+		require.Len(b, svids, 1011)
+		fetches = append(fetches, time.Since(t0))
+	}
+	set("fetch of 1,011 X509-SVIDs, median (ms)", d, ms(median(fetches)))
+
+	time.Sleep(2 * time.Second)
+	set("agent RSS, 1,011 cached SVIDs (MiB)", d, float64(harness.RSSOf(b, d.agentPID()))/(1<<20))
+	set("server RSS, 1,011 entries (MiB)", d, float64(harness.RSSOf(b, d.serverPID()))/(1<<20))
 }
