@@ -18,7 +18,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/tallyid/tally/attest/jointoken"
-	unixattest "github.com/tallyid/tally/attest/unix"
+	"github.com/tallyid/tally/attest/k8spsat"
 	"github.com/tallyid/tally/workloadapi"
 )
 
@@ -52,11 +52,18 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		clock:    clock.RealClock{},
 		td:       td,
 		serverID: spiffeid.RequireFromPath(td, "/tally/server"),
-		attestor: jointoken.Client{Token: cfg.JoinToken},
+		attestor: nodeAttestor(cfg),
 		metrics:  NewMetrics(reg),
 		reg:      reg,
 	}
 	return a, nil
+}
+
+func nodeAttestor(cfg Config) NodeAttestor {
+	if cfg.NodeAttestor == k8spsat.Type {
+		return k8spsat.Client{TokenPath: cfg.PSATTokenPath}
+	}
+	return jointoken.Client{Token: cfg.JoinToken}
 }
 
 // Run attests (unless a stored SVID is still valid), then follows entries,
@@ -91,9 +98,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 
+	attestors, runAttestors, err := a.newWorkloadAttestors()
+	if err != nil {
+		return err
+	}
 	ws, err := workloadapi.New(workloadapi.Config{
 		Source:   a.cache,
-		Attestor: unixattest.New(unixattest.Config{Logger: a.log.With("component", "unix-attestor")}),
+		Attestor: attestors,
 		Logger:   a.log.With("component", "workload-api"),
 		Metrics:  workloadapi.NewMetrics(a.reg),
 	})
@@ -110,6 +121,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	g.Go(func() error { return a.keepIdentity(ctx) })
 	g.Go(func() error { return a.followEntries(ctx) })
 	g.Go(func() error { return a.cache.Run(ctx) })
+	if runAttestors != nil {
+		g.Go(func() error { return runAttestors(ctx) })
+	}
 	g.Go(func() error { return ws.Serve(ctx, a.cfg.SocketPath) })
 	g.Go(func() error {
 		go func() {

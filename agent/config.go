@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -26,10 +27,26 @@ type Config struct {
 	// InsecureBootstrap skips authenticating the server for the first
 	// attestation only (logged loudly). Use TrustBundle instead.
 	InsecureBootstrap bool `yaml:"insecure_bootstrap"`
-	// NodeAttestor is how the agent proves who it is: join_token.
+	// NodeAttestor is how the agent proves who it is: join_token or
+	// k8s_psat.
 	NodeAttestor string `yaml:"node_attestor"`
 	// JoinToken is the single-use token for the join_token attestor.
 	JoinToken string `yaml:"join_token"`
+	// PSATTokenPath is the projected service-account token (audience
+	// tally-server) for the k8s_psat attestor; re-read at every attestation.
+	PSATTokenPath string `yaml:"psat_token_path"`
+	// PodSource enables Kubernetes workload attestation and says where pods
+	// come from: kubelet (its /pods over verified TLS) or apiserver (a watch
+	// of this node's pods). Empty: unix attestation only.
+	PodSource string `yaml:"pod_source"`
+	// NodeName is this node's Kubernetes name (apiserver pod source).
+	NodeName string `yaml:"node_name"`
+	// KubeletURL, KubeletCAFile and KubeletTokenPath reach the kubelet.
+	KubeletURL       string `yaml:"kubelet_url"`
+	KubeletCAFile    string `yaml:"kubelet_ca_file"`
+	KubeletTokenPath string `yaml:"kubelet_token_path"`
+	// Kubeconfig for the apiserver pod source; empty: in-cluster.
+	Kubeconfig string `yaml:"kubeconfig"`
 	// SocketPath is the Workload API's Unix socket.
 	SocketPath string `yaml:"socket_path"`
 	// DataDir keeps the agent SVID, its key (0600) and the last bundle, so a
@@ -48,13 +65,18 @@ type Config struct {
 // DefaultConfig returns the documented defaults.
 func DefaultConfig() Config {
 	return Config{
-		NodeAttestor:  "join_token",
-		SocketPath:    "/run/tally/agent.sock",
-		DataDir:       "./tally-agent-data",
-		HealthAddress: "127.0.0.1:8082",
-		SVIDCacheSize: 1000,
-		LogLevel:      "info",
-		LogFormat:     "json",
+		NodeAttestor:     "join_token",
+		PSATTokenPath:    "/var/run/secrets/tokens/tally-agent",
+		KubeletURL:       "https://127.0.0.1:10250",
+		KubeletCAFile:    "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt",
+		KubeletTokenPath: "/var/run/secrets/kubernetes.io/serviceaccount/token",
+		NodeName:         os.Getenv("NODE_NAME"),
+		SocketPath:       "/run/tally/agent.sock",
+		DataDir:          "./tally-agent-data",
+		HealthAddress:    "127.0.0.1:8082",
+		SVIDCacheSize:    1000,
+		LogLevel:         "info",
+		LogFormat:        "json",
 	}
 }
 
@@ -64,8 +86,15 @@ func BindFlags(fs *pflag.FlagSet, c *Config) {
 	fs.StringVar(&c.ServerAddress, "server-address", c.ServerAddress, "server Node API address, host:port (required)")
 	fs.StringVar(&c.TrustBundle, "trust-bundle", c.TrustBundle, "PEM file of the server's X.509 authorities")
 	fs.BoolVar(&c.InsecureBootstrap, "insecure-bootstrap", c.InsecureBootstrap, "do not authenticate the server at first attestation (INSECURE)")
-	fs.StringVar(&c.NodeAttestor, "node-attestor", c.NodeAttestor, "node attestor: join_token")
+	fs.StringVar(&c.NodeAttestor, "node-attestor", c.NodeAttestor, "node attestor: join_token or k8s_psat")
 	fs.StringVar(&c.JoinToken, "join-token", c.JoinToken, "join token for the join_token attestor")
+	fs.StringVar(&c.PSATTokenPath, "psat-token-path", c.PSATTokenPath, "projected service-account token for k8s_psat")
+	fs.StringVar(&c.PodSource, "pod-source", c.PodSource, "Kubernetes workload attestation: kubelet or apiserver (empty: off)")
+	fs.StringVar(&c.NodeName, "node-name", c.NodeName, "this node's Kubernetes name (default $NODE_NAME)")
+	fs.StringVar(&c.KubeletURL, "kubelet-url", c.KubeletURL, "kubelet URL for the kubelet pod source")
+	fs.StringVar(&c.KubeletCAFile, "kubelet-ca-file", c.KubeletCAFile, "CA that signs the kubelet's serving certificate")
+	fs.StringVar(&c.KubeletTokenPath, "kubelet-token-path", c.KubeletTokenPath, "bearer token for the kubelet")
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", c.Kubeconfig, "kubeconfig for the apiserver pod source (default: in-cluster)")
 	fs.StringVar(&c.SocketPath, "socket-path", c.SocketPath, "Workload API Unix socket")
 	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "directory for the agent SVID, key and bundle")
 	fs.StringVar(&c.HealthAddress, "health-address", c.HealthAddress, "HTTP address of /livez, /readyz, /metrics")
@@ -96,8 +125,21 @@ func (c Config) Validate() error {
 	}
 	switch c.NodeAttestor {
 	case "join_token":
+	case "k8s_psat":
+		if c.PSATTokenPath == "" {
+			return errors.New("config: psat_token_path is required with node_attestor k8s_psat")
+		}
 	default:
-		return fmt.Errorf("config: node_attestor %q: want join_token", c.NodeAttestor)
+		return fmt.Errorf("config: node_attestor %q: want join_token or k8s_psat", c.NodeAttestor)
+	}
+	switch c.PodSource {
+	case "":
+	case "kubelet", "apiserver":
+		if c.NodeName == "" && c.PodSource == "apiserver" {
+			return errors.New("config: node_name (or $NODE_NAME) is required with pod_source apiserver")
+		}
+	default:
+		return fmt.Errorf("config: pod_source %q: want kubelet or apiserver", c.PodSource)
 	}
 	if c.SocketPath == "" || c.DataDir == "" {
 		return errors.New("config: socket_path and data_dir are required")

@@ -15,6 +15,10 @@ import (
 // reused credentials. Callers map it to PermissionDenied.
 var ErrDenied = errors.New("attest: denied")
 
+// ErrAmbiguous: the caller's process shows more than one pod or container,
+// so no single identity can be told. Callers map it to FailedPrecondition.
+var ErrAmbiguous = errors.New("attest: ambiguous workload")
+
 // Selector is "type:value" describing a node or workload.
 type Selector struct {
 	Type  string

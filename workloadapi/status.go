@@ -29,6 +29,7 @@ var statuses = []struct {
 	{context.Canceled, codes.Canceled, "", slog.LevelDebug},
 	{context.DeadlineExceeded, codes.DeadlineExceeded, "", slog.LevelDebug},
 	{attest.ErrDenied, codes.PermissionDenied, "workload attestation denied", slog.LevelInfo},
+	{attest.ErrAmbiguous, codes.FailedPrecondition, "", slog.LevelWarn},
 	{errNoIdentity, codes.PermissionDenied, errNoIdentity.Error(), slog.LevelDebug},
 	{errNotReady, codes.Unavailable, errNotReady.Error(), slog.LevelInfo},
 	{errShuttingDown, codes.Unavailable, errShuttingDown.Error(), slog.LevelDebug},

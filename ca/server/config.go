@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -48,6 +49,19 @@ type Config struct {
 	UpstreamKeyFile  string `yaml:"upstream_key_file"`
 	// AdminIDs may call the Admin API over mTLS on bind_address.
 	AdminIDs []string `yaml:"admin_ids"`
+	// PSATCluster, when set, enables k8s_psat node attestation for agents of
+	// this Kubernetes cluster; the name appears in agent IDs and selectors.
+	PSATCluster string `yaml:"psat_cluster"`
+	// PSATKubeconfig is the kubeconfig for TokenReview and pod/node reads;
+	// empty: the in-cluster service account.
+	PSATKubeconfig string `yaml:"psat_kubeconfig"`
+	// PSATAudience is the audience agents' projected tokens must carry.
+	PSATAudience string `yaml:"psat_audience"`
+	// PSATServiceAccounts are the agents' service accounts, "namespace:name".
+	PSATServiceAccounts []string `yaml:"psat_service_accounts"`
+	// PSATNodeLabelKeys are node label keys that become agent_node_label
+	// selectors.
+	PSATNodeLabelKeys []string `yaml:"psat_node_label_keys"`
 	// LogLevel is debug, info, warn or error; LogFormat is json or text.
 	LogLevel  string `yaml:"log_level"`
 	LogFormat string `yaml:"log_format"`
@@ -62,6 +76,7 @@ func DefaultConfig() Config {
 		HealthAddress: "127.0.0.1:8080",
 		AdminSocket:   "/run/tally/admin.sock",
 		CATTL:         24 * time.Hour,
+		PSATAudience:  "tally-server",
 		LogLevel:      "info",
 		LogFormat:     "json",
 	}
@@ -83,6 +98,11 @@ func BindFlags(fs *pflag.FlagSet, c *Config) {
 	fs.StringVar(&c.UpstreamCertFile, "upstream-cert-file", c.UpstreamCertFile, "upstream CA certificate (PEM)")
 	fs.StringVar(&c.UpstreamKeyFile, "upstream-key-file", c.UpstreamKeyFile, "upstream CA private key (PEM)")
 	fs.StringSliceVar(&c.AdminIDs, "admin-id", c.AdminIDs, "SPIFFE ID allowed to call the Admin API over mTLS (repeatable)")
+	fs.StringVar(&c.PSATCluster, "psat-cluster", c.PSATCluster, "enable k8s_psat agent attestation for this cluster name")
+	fs.StringVar(&c.PSATKubeconfig, "psat-kubeconfig", c.PSATKubeconfig, "kubeconfig for TokenReview (default: in-cluster)")
+	fs.StringVar(&c.PSATAudience, "psat-audience", c.PSATAudience, "audience of agents' projected service-account tokens")
+	fs.StringSliceVar(&c.PSATServiceAccounts, "psat-service-account", c.PSATServiceAccounts, "agent service account allowed to attest, namespace:name (repeatable)")
+	fs.StringSliceVar(&c.PSATNodeLabelKeys, "psat-node-label-key", c.PSATNodeLabelKeys, "node label key that becomes an agent_node_label selector (repeatable)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "json or text")
 }
@@ -128,6 +148,14 @@ func (c Config) Validate() error {
 	for _, id := range c.AdminIDs {
 		if _, err := spiffeid.FromString(id); err != nil {
 			return fmt.Errorf("config: admin_ids: %q: %w", id, err)
+		}
+	}
+	if c.PSATCluster != "" && len(c.PSATServiceAccounts) == 0 {
+		return errors.New("config: psat_service_accounts is required with psat_cluster")
+	}
+	for _, sa := range c.PSATServiceAccounts {
+		if ns, name, ok := strings.Cut(sa, ":"); !ok || ns == "" || name == "" {
+			return fmt.Errorf("config: psat_service_accounts: %q: want namespace:name", sa)
 		}
 	}
 	switch c.LogLevel {

@@ -25,6 +25,7 @@ import (
 
 	"github.com/tallyid/tally/attest"
 	"github.com/tallyid/tally/attest/jointoken"
+	"github.com/tallyid/tally/attest/k8spsat"
 	"github.com/tallyid/tally/ca"
 	"github.com/tallyid/tally/ca/api"
 	"github.com/tallyid/tally/ca/registry"
@@ -116,12 +117,20 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	}
 	tokens := joinTokens{st: st, clock: s.clock}
+	attestors := map[string]attest.NodeAttestor{jointoken.Type: jointoken.New(s.td, tokens)}
+	if cfg.PSATCluster != "" {
+		psat, err := psatAttestor(cfg, s.td)
+		if err != nil {
+			return err
+		}
+		attestors[k8spsat.Type] = psat
+	}
 	node := api.NewNode(api.NodeConfig{
 		TrustDomain:  s.td,
 		Authority:    authority,
 		Entries:      entries,
 		Agents:       st,
-		Attestors:    map[string]attest.NodeAttestor{jointoken.Type: jointoken.New(s.td, tokens)},
+		Attestors:    attestors,
 		AgentSVIDTTL: cfg.AgentSVIDTTL,
 		JWTIssuer:    cfg.JWTIssuer,
 		Metrics:      metrics,

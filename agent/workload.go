@@ -1,0 +1,69 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/tallyid/tally/attest"
+	k8sattest "github.com/tallyid/tally/attest/k8s"
+	unixattest "github.com/tallyid/tally/attest/unix"
+	"github.com/tallyid/tally/workloadapi"
+)
+
+// workloadAttestors runs every configured workload attestor on a caller
+// and joins their selectors; any failure refuses the caller.
+type workloadAttestors []workloadapi.Attestor
+
+func (w workloadAttestors) Attest(ctx context.Context, pid int32) ([]attest.Selector, error) {
+	var out []attest.Selector
+	for _, a := range w {
+		sels, err := a.Attest(ctx, pid)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, sels...)
+	}
+	return out, nil
+}
+
+// newWorkloadAttestors builds the unix attestor and, with a pod source, the
+// Kubernetes one; run is non-nil when an attestor needs a loop (the pod
+// watch).
+func (a *Agent) newWorkloadAttestors() (workloadAttestors, func(context.Context) error, error) {
+	list := workloadAttestors{unixattest.New(unixattest.Config{Logger: a.log.With("component", "unix-attestor")})}
+	if a.cfg.PodSource == "" {
+		return list, nil, nil
+	}
+	cfg := k8sattest.Config{
+		NodeName:      a.cfg.NodeName,
+		PodSource:     a.cfg.PodSource,
+		KubeletURL:    a.cfg.KubeletURL,
+		KubeletCAFile: a.cfg.KubeletCAFile,
+		TokenPath:     a.cfg.KubeletTokenPath,
+		Logger:        a.log.With("component", "k8s-attestor"),
+	}
+	if a.cfg.PodSource == "apiserver" {
+		var rc *rest.Config
+		var err error
+		if a.cfg.Kubeconfig != "" {
+			rc, err = clientcmd.BuildConfigFromFlags("", a.cfg.Kubeconfig)
+		} else {
+			rc, err = rest.InClusterConfig()
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("agent: kubernetes client config: %w", err)
+		}
+		if cfg.Client, err = kubernetes.NewForConfig(rc); err != nil {
+			return nil, nil, fmt.Errorf("agent: %w", err)
+		}
+	}
+	k8s, err := k8sattest.New(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	return append(list, k8s), k8s.Run, nil
+}

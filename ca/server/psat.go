@@ -1,0 +1,39 @@
+package server
+
+import (
+	"fmt"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/tallyid/tally/attest/k8spsat"
+)
+
+// psatAttestor builds the k8s_psat attestor from the config, talking to
+// the cluster with the kubeconfig (or in-cluster credentials).
+func psatAttestor(cfg Config, td spiffeid.TrustDomain) (*k8spsat.Attestor, error) {
+	var rc *rest.Config
+	var err error
+	if cfg.PSATKubeconfig != "" {
+		rc, err = clientcmd.BuildConfigFromFlags("", cfg.PSATKubeconfig)
+	} else {
+		rc, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("server: k8s_psat: kubernetes client config: %w", err)
+	}
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("server: k8s_psat: %w", err)
+	}
+	return k8spsat.New(k8spsat.Config{
+		TrustDomain:     td,
+		ClusterName:     cfg.PSATCluster,
+		Audience:        cfg.PSATAudience,
+		ServiceAccounts: cfg.PSATServiceAccounts,
+		NodeLabelKeys:   cfg.PSATNodeLabelKeys,
+		Cluster:         k8spsat.NewCluster(client),
+	})
+}
