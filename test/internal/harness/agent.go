@@ -52,11 +52,17 @@ func CSR(t testing.TB, key crypto.Signer, uris []string, dns []string) []byte {
 // with its SVID.
 func (s *Server) AttestJoinToken(t testing.TB, token string) (*Agent, error) {
 	t.Helper()
+	return s.Attest(t, "join_token", []byte(token))
+}
+
+// Attest attests a new agent with any attestation type and data.
+func (s *Server) Attest(t testing.TB, typ string, data []byte) (*Agent, error) {
+	t.Helper()
 	bundle := s.Bundle(t)
 	key := NewKey(t)
 	resp, err := tallyv1.NewNodeClient(s.Dial(t, bundle, nil)).AttestAgent(context.Background(), &tallyv1.AttestAgentRequest{
-		AttestationType: "join_token",
-		AttestationData: []byte(token),
+		AttestationType: typ,
+		AttestationData: data,
 		Csr:             CSR(t, key, nil, nil),
 	})
 	if err != nil {

@@ -35,6 +35,15 @@ type AgentProc struct {
 // given) and waits until it has synced its entries.
 func StartAgent(t testing.TB, s *Server, alias string, args ...string) *AgentProc {
 	t.Helper()
+	a := NewAgent(t, s, append([]string{"--join-token", s.NewToken(t, alias)}, args...)...)
+	a.Start(t)
+	return a
+}
+
+// NewAgent prepares an agent for s with the given extra flags (which must
+// say how it attests); Start or StartNoWait runs it.
+func NewAgent(t testing.TB, s *Server, args ...string) *AgentProc {
+	t.Helper()
 	dir := t.TempDir()
 	// Workloads of any uid must reach the socket below dir.
 	require.NoError(t, os.Chmod(filepath.Dir(dir), 0o755))
@@ -52,30 +61,14 @@ func StartAgent(t testing.TB, s *Server, alias string, args ...string) *AgentPro
 		HealthAddr: FreeAddr(t),
 		bin:        Binaries(t),
 	}
-	a.Args = append([]string{"--trust-bundle", bundle, "--join-token", s.NewToken(t, alias)}, args...)
-	a.Start(t)
+	a.Args = append([]string{"--trust-bundle", bundle}, args...)
 	return a
 }
 
 // Start runs the agent process and waits until /readyz answers.
 func (a *AgentProc) Start(t testing.TB) {
 	t.Helper()
-	argv := append([]string{"run",
-		"--trust-domain", a.Server.TrustDomain.Name(),
-		"--server-address", a.Server.BindAddr,
-		"--socket-path", a.Socket,
-		"--data-dir", filepath.Join(a.Dir, "data"),
-		"--health-address", a.HealthAddr,
-		"--log-level", "debug",
-	}, a.Args...)
-	a.log = &lockedBuffer{}
-	a.cmd = exec.Command(filepath.Join(a.bin, "tally-agent"), argv...)
-	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
-	require.NoError(t, a.cmd.Start())
-	a.done = make(chan struct{})
-	cmd, done := a.cmd, a.done
-	go func() { _ = cmd.Wait(); close(done) }()
-	t.Cleanup(func() { a.stop(syscall.SIGTERM) })
+	done := a.StartNoWait(t)
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		resp, err := http.Get("http://" + a.HealthAddr + "/readyz")
@@ -95,6 +88,29 @@ func (a *AgentProc) Start(t testing.TB) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// StartNoWait runs the agent process and returns a channel closed when it
+// exits.
+func (a *AgentProc) StartNoWait(t testing.TB) <-chan struct{} {
+	t.Helper()
+	argv := append([]string{"run",
+		"--trust-domain", a.Server.TrustDomain.Name(),
+		"--server-address", a.Server.BindAddr,
+		"--socket-path", a.Socket,
+		"--data-dir", filepath.Join(a.Dir, "data"),
+		"--health-address", a.HealthAddr,
+		"--log-level", "debug",
+	}, a.Args...)
+	a.log = &lockedBuffer{}
+	a.cmd = exec.Command(filepath.Join(a.bin, "tally-agent"), argv...)
+	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
+	require.NoError(t, a.cmd.Start())
+	a.done = make(chan struct{})
+	cmd, done := a.cmd, a.done
+	go func() { _ = cmd.Wait(); close(done) }()
+	t.Cleanup(func() { a.stop(syscall.SIGTERM) })
+	return done
 }
 
 // Stop ends the agent with SIGTERM; Kill with SIGKILL.
