@@ -4,7 +4,7 @@ BIN      := $(CURDIR)/bin
 GOFLAGS  ?= -buildvcs=false
 export GOFLAGS
 
-.PHONY: all build test bench run proto vet clean spire
+.PHONY: all build test bench run proto vet clean spire k8s
 
 all: build
 
@@ -17,11 +17,14 @@ vet:
 spire: ## SPIRE v1.13.3 from the Go module proxy, cached in .cache/spire (its CLI is tested against Tally)
 	./scripts/spire/build.sh
 
-test: build spire ## every test (real badger, real gRPC over real sockets, real processes)
+k8s: ## kube-apiserver v1.37.2 and etcd from the Go module proxy, cached in .cache/k8s (tests run a real control plane)
+	./scripts/k8s/build.sh
+
+test: build spire k8s ## every test (real badger, real gRPC over real sockets, real processes)
 	$(GO) vet ./...
 	TALLY_BIN=$(BIN) $(GO) test -count=1 -timeout 20m ./...
 
-bench: build spire ## benchmarks: signing vs the raw crypto floor, entry creation, large stores
+bench: build spire k8s ## benchmarks: signing vs the raw crypto floor, entry creation, large stores
 	TALLY_BIN=$(BIN) ./scripts/bench.sh
 
 run: build ## a local trust domain in a temp dir; Ctrl-C stops it

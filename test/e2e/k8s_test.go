@@ -295,3 +295,54 @@ func TestK8sKubeletRefusals(t *testing.T) {
 }
 
 func metav1GetOptions() metav1.GetOptions { return metav1.GetOptions{} }
+
+// TestK8sExpiredAgentSVIDReattests: an agent whose stored SVID expired (it
+// was down longer than the SVID's life) attests again with the fresh token
+// the kubelet rotated into its token file, keeping its node identity.
+func TestK8sExpiredAgentSVIDReattests(t *testing.T) {
+	c := k8s.Start(t)
+	e := &k8sEnv{cluster: c, ns: c.Namespace(t), dir: t.TempDir()}
+	c.ServiceAccount(t, e.ns, "tally-agent")
+	e.node = c.Node(t, "node-a", nil)
+	e.agentPod = c.Pod(t, e.ns, "tally-agent-1", "tally-agent", "node-a", nil, "agent")
+	e.server = harness.StartServer(t, "--psat-cluster", "c1", "--psat-kubeconfig", c.Kubeconfig,
+		"--psat-service-account", e.ns+":tally-agent", "--ca-ttl", "3m", "--x509-svid-ttl", "20s")
+	tokenFile := e.file(t, "psat", e.agentToken(t))
+	a := harness.NewAgent(t, e.server, "--node-attestor", "k8s_psat", "--psat-token-path", tokenFile)
+	a.Start(t)
+	id := a.ID(t)
+	a.Stop(t)
+
+	time.Sleep(22 * time.Second) // the stored 20 s agent SVID expires
+	fresh := e.agentToken(t)
+	require.NoError(t, os.WriteFile(tokenFile, []byte(fresh), 0o600)) // the kubelet rotated it
+	a.Start(t)
+	require.Equal(t, id, a.ID(t), "same node, same agent ID")
+	require.NotContains(t, a.Log(), "reusing the stored agent SVID")
+	require.Equal(t, 2, strings.Count(e.server.Log(), `"action":"attest_agent","target":"k8s_psat","result":"ok"`))
+}
+
+// TestK8sContainerNotYetListed: a container whose process runs before the
+// kubelet lists it (the simulator reports it only after 1 s) is attested
+// once it appears.
+func TestK8sContainerNotYetListed(t *testing.T) {
+	e := startK8sEnv(t)
+	c := e.cluster
+	sim := nodesim.Start(t, c, "node-a", nodesim.Options{StartDelay: time.Second})
+	c.ServiceAccount(t, e.ns, "web")
+	a := harness.NewAgent(t, e.server, "--node-attestor", "k8s_psat", "--psat-token-path", e.file(t, "psat", e.agentToken(t)),
+		"--pod-source", "kubelet", "--kubelet-url", sim.URL, "--kubelet-ca-file", sim.CAFile,
+		"--kubelet-token-path", e.file(t, "kubelet-token", c.Token(t, e.ns, "tally-agent", nil, e.agentPod, time.Hour)))
+	a.Start(t)
+	createEntries(t, e.server,
+		&tallyv1.Entry{SpiffeId: "spiffe://example.org/nodes/c1", ParentId: "spiffe://example.org/tally/server",
+			Selectors: []*tallyv1.Selector{{Type: "k8s_psat", Value: "cluster:c1"}}},
+		&tallyv1.Entry{SpiffeId: "spiffe://example.org/web", ParentId: "spiffe://example.org/nodes/c1",
+			Selectors: []*tallyv1.Selector{{Type: "k8s", Value: "sa:web"}}})
+	web := c.Pod(t, e.ns, "web-1", "web", "node-a", nil, "main")
+	var out bytes.Buffer
+	cmd := exec.Command(harness.Binaries(t)+"/tallyctl", "svid", "fetch", "x509", "--socket-path", a.Socket)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	require.NoError(t, sim.RunCommand(t, web, "main", cmd).Wait(), out.String())
+	require.Contains(t, out.String(), "spiffe://example.org/web")
+}
