@@ -74,6 +74,9 @@ type Options struct {
 	// server { } and agent { } blocks, e.g. `x509_svid_cache_max_size = 2000`.
 	ServerConfig string
 	AgentConfig  string
+	// AgentPlugins are extra plugin blocks for the agent's plugins { },
+	// e.g. a WorkloadAttestor "k8s" block.
+	AgentPlugins string
 }
 
 // Deployment is a running SPIRE server and agent. Both are stopped (TERM,
@@ -150,7 +153,7 @@ func Start(t testing.TB, opts Options) *Deployment {
 	agentConf := filepath.Join(dir, "agent.conf")
 	require.NoError(t, os.WriteFile(agentConf, fmt.Appendf(nil, agentTmpl,
 		filepath.Join(dir, "agent"), opts.LogLevel, port, d.agentSocket, bundlePath, TrustDomain,
-		opts.AgentConfig), 0o600))
+		opts.AgentConfig, opts.AgentPlugins), 0o600))
 	d.agent = startProc(t, filepath.Join(dir, "agent.log"),
 		filepath.Join(bin, "spire-agent"), "run", "-config", agentConf, "-joinToken", token)
 	t.Cleanup(d.agent.stop) // runs before the server's
@@ -208,6 +211,7 @@ plugins {
     WorkloadAttestor "unix" {
         plugin_data {}
     }
+%s
 }
 `
 
