@@ -181,6 +181,8 @@ func TestK8sWorkloadAttestation(t *testing.T) {
 			c.ServiceAccount(t, e.ns, "db")
 			web := c.Pod(t, e.ns, "web-1", "web", "node-a", map[string]string{"app": "web"}, "main")
 			db := c.Pod(t, e.ns, "db-1", "db", "node-a", map[string]string{"app": "db"}, "main")
+			c.ServiceAccount(t, e.ns, "batch")
+			batch := c.Pod(t, e.ns, "batch-1", "batch", "node-a", map[string]string{"app": "batch"}, "main")
 
 			args := []string{"--node-attestor", "k8s_psat", "--psat-token-path", e.file(t, "psat", e.agentToken(t)), "--pod-source", source}
 			if source == "kubelet" {
@@ -236,6 +238,9 @@ func TestK8sWorkloadAttestation(t *testing.T) {
 			out, err = fetch(db)
 			require.NoError(t, err, out)
 			require.Equal(t, []string{"spiffe://example.org/db"}, ids(out))
+			out, err = fetch(batch) // a pod no entry selects
+			require.Error(t, err)
+			require.Contains(t, out, "PermissionDenied")
 			out, err = fetch(nil) // a process in no pod
 			require.Error(t, err)
 			require.Contains(t, out, "PermissionDenied")
