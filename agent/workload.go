@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -57,7 +56,7 @@ func (a *Agent) newWorkloadAttestors() (workloadAttestors, func(context.Context)
 		if err != nil {
 			return nil, nil, fmt.Errorf("agent: kubernetes client config: %w", err)
 		}
-		if cfg.Client, err = kubernetes.NewForConfig(rc); err != nil {
+		if cfg.Pods, err = k8sattest.PodListWatch(rc, a.cfg.NodeName); err != nil {
 			return nil, nil, fmt.Errorf("agent: %w", err)
 		}
 	}

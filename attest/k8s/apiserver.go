@@ -10,9 +10,36 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	corev1informers "k8s.io/client-go/informers/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 )
+
+// PodListWatch lists and watches the pods bound to node (field selector
+// spec.nodeName) through the API server of cfg. It uses a REST client that
+// knows only core/v1, not client-go's full clientset, whose scheme costs
+// every process that links it ~20 MB at start.
+func PodListWatch(cfg *rest.Config, node string) (cache.ListerWatcher, error) {
+	scheme := runtime.NewScheme()
+	if err := corev1.AddToScheme(scheme); err != nil {
+		return nil, fmt.Errorf("k8s: %w", err)
+	}
+	metav1.AddToGroupVersion(scheme, corev1.SchemeGroupVersion)
+	c := rest.CopyConfig(cfg)
+	c.APIPath = "/api"
+	c.GroupVersion = &corev1.SchemeGroupVersion
+	c.NegotiatedSerializer = serializer.NewCodecFactory(scheme).WithoutConversion()
+	if c.UserAgent == "" {
+		c.UserAgent = "tally-agent"
+	}
+	rc, err := rest.RESTClientFor(c)
+	if err != nil {
+		return nil, fmt.Errorf("k8s: kubernetes client: %w", err)
+	}
+	onNode := fields.OneTermEqualSelector("spec.nodeName", node)
+	return cache.NewListWatchFromClient(rc, "pods", metav1.NamespaceAll, onNode), nil
+}
 
 // Indexes of the pod watch.
 const (
@@ -29,14 +56,13 @@ type apiserverSource struct {
 }
 
 func newAPIServerSource(cfg Config) (*apiserverSource, error) {
-	if cfg.Client == nil {
-		return nil, errors.New("k8s: Client is required with PodSource apiserver")
+	if cfg.Pods == nil {
+		return nil, errors.New("k8s: Pods is required with PodSource apiserver")
 	}
 	if cfg.NodeName == "" {
 		return nil, errors.New("k8s: NodeName is required with PodSource apiserver")
 	}
-	onNode := fields.OneTermEqualSelector("spec.nodeName", cfg.NodeName).String()
-	inf := corev1informers.NewFilteredPodInformer(cfg.Client, metav1.NamespaceAll, 0, cache.Indexers{
+	inf := cache.NewSharedIndexInformer(cfg.Pods, &corev1.Pod{}, 0, cache.Indexers{
 		indexUID: func(obj any) ([]string, error) {
 			if p, ok := obj.(*corev1.Pod); ok {
 				return podUIDs(p), nil
@@ -52,7 +78,7 @@ func newAPIServerSource(cfg Config) (*apiserverSource, error) {
 			containerIDs(p, func(id string) { ids = append(ids, id) })
 			return ids, nil
 		},
-	}, func(o *metav1.ListOptions) { o.FieldSelector = onNode })
+	})
 	if err := inf.SetTransform(slimPod); err != nil {
 		return nil, fmt.Errorf("k8s: %w", err)
 	}

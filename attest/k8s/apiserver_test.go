@@ -10,9 +10,12 @@ import (
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
+	"k8s.io/client-go/tools/cache"
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/tallyid/tally/attest"
@@ -36,7 +39,7 @@ func startAPIServerAttestor(t testing.TB, client *fake.Clientset, cfg Config) *A
 	t.Helper()
 	cfg.PodSource = SourceAPIServer
 	cfg.NodeName = "node-1"
-	cfg.Client = client
+	cfg.Pods = fakePods(client, "node-1")
 	cfg.ProcRoot = fixtureRoot
 	a, err := New(cfg)
 	require.NoError(t, err)
@@ -47,6 +50,24 @@ func startAPIServerAttestor(t testing.TB, client *fake.Clientset, cfg Config) *A
 	src := a.src.(*apiserverSource)
 	require.Eventually(t, src.informer.HasSynced, 10*time.Second, 5*time.Millisecond)
 	return a
+}
+
+// fakePods lists and watches the pods of node through client, as
+// PodListWatch does through a real API server.
+func fakePods(client *fake.Clientset, node string) cache.ListerWatcher {
+	sel := fields.OneTermEqualSelector("spec.nodeName", node).String()
+	// The fake clientset cannot stream an initial list through a watch;
+	// tell the informer so, as client-go's own informers do.
+	return cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
+		ListFunc: func(o metav1.ListOptions) (runtime.Object, error) {
+			o.FieldSelector = sel
+			return client.CoreV1().Pods(metav1.NamespaceAll).List(context.Background(), o)
+		},
+		WatchFunc: func(o metav1.ListOptions) (watch.Interface, error) {
+			o.FieldSelector = sel
+			return client.CoreV1().Pods(metav1.NamespaceAll).Watch(context.Background(), o)
+		},
+	}, client)
 }
 
 func clientWith(pods ...corev1.Pod) *fake.Clientset {
@@ -199,7 +220,7 @@ func TestAPIServerAmbiguous(t *testing.T) {
 // RetryFor for it and says so.
 func TestAPIServerNotRunning(t *testing.T) {
 	clk := clocktesting.NewFakeClock(time.Now())
-	a, err := New(Config{PodSource: SourceAPIServer, NodeName: "node-1", Client: clientWith(webPod()), ProcRoot: fixtureRoot, Clock: clk})
+	a, err := New(Config{PodSource: SourceAPIServer, NodeName: "node-1", Pods: fakePods(clientWith(webPod()), "node-1"), ProcRoot: fixtureRoot, Clock: clk})
 	require.NoError(t, err)
 	start := clk.Now()
 	done := make(chan struct{})
@@ -216,7 +237,7 @@ func TestAPIServerNotRunning(t *testing.T) {
 }
 
 func TestAPIServerConfig(t *testing.T) {
-	_, err := New(Config{PodSource: SourceAPIServer, Client: clientWith()})
+	_, err := New(Config{PodSource: SourceAPIServer, Pods: fakePods(clientWith(), "")})
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "NodeName is required")
 }

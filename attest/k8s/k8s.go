@@ -12,7 +12,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/utils/clock"
 
 	"github.com/tallyid/tally/attest"
@@ -84,8 +84,10 @@ type Config struct {
 	// token is used as soon as it is written. Default DefaultTokenPath.
 	TokenPath string
 
-	// Client reaches the API server (SourceAPIServer; required there).
-	Client kubernetes.Interface
+	// Pods lists and watches this node's pods on the API server
+	// (SourceAPIServer; required there). PodListWatch builds it from a
+	// rest.Config.
+	Pods cache.ListerWatcher
 
 	// ProcRoot is where procfs is mounted. Default DefaultProcRoot.
 	ProcRoot string

@@ -369,7 +369,7 @@ func TestNewRefusesConfig(t *testing.T) {
 		{name: "plain http", cfg: Config{KubeletURL: "http://127.0.0.1:10255", KubeletCAFile: ca.file}, msg: "want https://"},
 		{name: "CA file missing", cfg: Config{KubeletCAFile: ca.file + ".missing"}, msg: "KubeletCAFile"},
 		{name: "CA file without PEM", cfg: Config{KubeletCAFile: notPEM}, msg: "no PEM certificate"},
-		{name: "apiserver without client", cfg: Config{PodSource: SourceAPIServer, NodeName: "node-1"}, msg: "Client is required"},
+		{name: "apiserver without client", cfg: Config{PodSource: SourceAPIServer, NodeName: "node-1"}, msg: "Pods is required"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

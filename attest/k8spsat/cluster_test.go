@@ -2,7 +2,12 @@ package k8spsat
 
 import (
 	"context"
-	"errors"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -10,46 +15,92 @@ import (
 	authv1 "k8s.io/api/authentication/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/client-go/kubernetes/fake"
-	k8stesting "k8s.io/client-go/testing"
+	"k8s.io/client-go/rest"
 
 	"github.com/tallyid/tally/attest"
 )
 
-// newFakeClientset holds the test pod and node, and answers TokenReview
-// creates like the apiserver: testToken is authenticated for the audiences
-// requested that it was issued for (testAudience).
-func newFakeClientset(t *testing.T) *fake.Clientset {
+// fakeAPI is an HTTP server answering the three apiserver calls the way the
+// apiserver does (JSON objects, metav1.Status errors): testToken is
+// authenticated for the requested audiences it was issued for
+// (testAudience). The real apiserver is exercised in test/e2e.
+type fakeAPI struct {
+	mu        sync.Mutex
+	podGone   bool
+	forbidden bool
+}
+
+func newFakeAPI(t *testing.T) (*fakeAPI, *rest.Config) {
 	t.Helper()
-	cs := fake.NewClientset(testPodObject(), testNodeObject())
-	cs.PrependReactor("create", "tokenreviews", func(action k8stesting.Action) (bool, runtime.Object, error) {
-		tr := action.(k8stesting.CreateAction).GetObject().(*authv1.TokenReview).DeepCopy()
-		if tr.Spec.Token != testToken {
-			tr.Status = authv1.TokenReviewStatus{Error: "invalid bearer token"}
-			return true, tr, nil
+	f := &fakeAPI{}
+	srv := httptest.NewServer(http.HandlerFunc(f.serve))
+	t.Cleanup(srv.Close)
+	return f, &rest.Config{Host: srv.URL}
+}
+
+func (f *fakeAPI) serve(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	podGone, forbidden := f.podGone, f.forbidden
+	f.mu.Unlock()
+	w.Header().Set("Content-Type", "application/json")
+	status := func(code int, reason metav1.StatusReason) {
+		w.WriteHeader(code)
+		_ = json.NewEncoder(w).Encode(metav1.Status{TypeMeta: metav1.TypeMeta{Kind: "Status", APIVersion: "v1"},
+			Status: metav1.StatusFailure, Code: int32(code), Reason: reason, Message: string(reason)})
+	}
+	if forbidden {
+		status(http.StatusForbidden, metav1.StatusReasonForbidden)
+		return
+	}
+	switch {
+	case r.Method == http.MethodPost && r.URL.Path == "/apis/authentication.k8s.io/v1/tokenreviews":
+		raw, _ := io.ReadAll(r.Body)
+		var tr authv1.TokenReview
+		if err := json.Unmarshal(raw, &tr); err != nil {
+			status(http.StatusBadRequest, metav1.StatusReasonBadRequest)
+			return
 		}
-		status := testStatus()
-		status.Audiences = nil
-		for _, aud := range tr.Spec.Audiences {
-			if aud == testAudience {
-				status.Audiences = append(status.Audiences, aud)
+		tr.Status = authv1.TokenReviewStatus{Error: "invalid bearer token"}
+		if tr.Spec.Token == testToken {
+			st := testStatus()
+			st.Audiences = nil
+			for _, aud := range tr.Spec.Audiences {
+				if aud == testAudience {
+					st.Audiences = append(st.Audiences, aud)
+				}
+			}
+			tr.Status = st
+			if len(st.Audiences) == 0 {
+				tr.Status = authv1.TokenReviewStatus{Error: "token audiences are invalid"}
 			}
 		}
-		if len(status.Audiences) == 0 {
-			tr.Status = authv1.TokenReviewStatus{Error: "token audiences are invalid"}
-			return true, tr, nil
-		}
-		tr.Status = status
-		return true, tr, nil
-	})
-	return cs
+		_ = json.NewEncoder(w).Encode(tr)
+	case r.URL.Path == "/api/v1/namespaces/"+testNS+"/pods/"+testPod && !podGone:
+		pod := testPodObject()
+		pod.APIVersion, pod.Kind = "v1", "Pod"
+		_ = json.NewEncoder(w).Encode(pod)
+	case r.URL.Path == "/api/v1/nodes/"+testNode:
+		node := testNodeObject()
+		node.APIVersion, node.Kind = "v1", "Node"
+		_ = json.NewEncoder(w).Encode(node)
+	case strings.HasPrefix(r.URL.Path, "/api/v1/"):
+		status(http.StatusNotFound, metav1.StatusReasonNotFound)
+	default:
+		status(http.StatusBadRequest, metav1.StatusReasonBadRequest)
+	}
+}
+
+func newTestCluster(t *testing.T) (*fakeAPI, Cluster) {
+	t.Helper()
+	f, cfg := newFakeAPI(t)
+	c, err := NewCluster(cfg)
+	require.NoError(t, err)
+	return f, c
 }
 
 func TestNewCluster(t *testing.T) {
 	ctx := context.Background()
-	c := NewCluster(newFakeClientset(t))
+	_, c := newTestCluster(t)
 
 	status, err := c.ReviewToken(ctx, testToken, []string{testAudience, "other"})
 	require.NoError(t, err)
@@ -78,16 +129,10 @@ func TestNewCluster(t *testing.T) {
 
 func TestNewClusterAPIErrors(t *testing.T) {
 	ctx := context.Background()
-	cs := newFakeClientset(t)
-	forbidden := func(resource string) k8stesting.ReactionFunc {
-		return func(k8stesting.Action) (bool, runtime.Object, error) {
-			return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: resource}, "", errors.New("rbac"))
-		}
-	}
-	cs.PrependReactor("create", "tokenreviews", forbidden("tokenreviews"))
-	cs.PrependReactor("get", "pods", forbidden("pods"))
-	cs.PrependReactor("get", "nodes", forbidden("nodes"))
-	c := NewCluster(cs)
+	f, c := newTestCluster(t)
+	f.mu.Lock()
+	f.forbidden = true
+	f.mu.Unlock()
 
 	_, err := c.ReviewToken(ctx, testToken, []string{testAudience})
 	assert.True(t, apierrors.IsForbidden(err), "%v", err)
@@ -102,12 +147,12 @@ func TestNewClusterAPIErrors(t *testing.T) {
 	assert.NotErrorIs(t, err, ErrNotFound)
 }
 
-// TestAttestWithClientset runs the Attestor on NewCluster, so the two agree
+// TestAttestWithCluster runs the Attestor on NewCluster, so the two agree
 // on the not-found contract.
-func TestAttestWithClientset(t *testing.T) {
+func TestAttestWithCluster(t *testing.T) {
 	ctx := context.Background()
-	cs := newFakeClientset(t)
-	a, err := New(testConfig(NewCluster(cs)))
+	f, c := newTestCluster(t)
+	a, err := New(testConfig(c))
 	require.NoError(t, err)
 
 	res, err := a.Attest(ctx, []byte(testToken))
@@ -115,7 +160,9 @@ func TestAttestWithClientset(t *testing.T) {
 	assert.Equal(t, "spiffe://example.org/tally/agent/k8s_psat/prod-eu/"+testNodeUID, res.AgentID.String())
 
 	// The agent pod is deleted: its token no longer attests.
-	require.NoError(t, cs.CoreV1().Pods(testNS).Delete(ctx, testPod, metav1.DeleteOptions{}))
+	f.mu.Lock()
+	f.podGone = true
+	f.mu.Unlock()
 	_, err = a.Attest(ctx, []byte(testToken))
 	require.ErrorIs(t, err, attest.ErrDenied)
 	assert.ErrorContains(t, err, "no longer exists")

@@ -4,7 +4,6 @@ import (
 	"fmt"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -24,7 +23,7 @@ func psatAttestor(cfg Config, td spiffeid.TrustDomain) (*k8spsat.Attestor, error
 	if err != nil {
 		return nil, fmt.Errorf("server: k8s_psat: kubernetes client config: %w", err)
 	}
-	client, err := kubernetes.NewForConfig(rc)
+	cluster, err := k8spsat.NewCluster(rc)
 	if err != nil {
 		return nil, fmt.Errorf("server: k8s_psat: %w", err)
 	}
@@ -34,6 +33,6 @@ func psatAttestor(cfg Config, td spiffeid.TrustDomain) (*k8spsat.Attestor, error
 		Audience:        cfg.PSATAudience,
 		ServiceAccounts: cfg.PSATServiceAccounts,
 		NodeLabelKeys:   cfg.PSATNodeLabelKeys,
-		Cluster:         k8spsat.NewCluster(client),
+		Cluster:         cluster,
 	})
 }
