@@ -159,9 +159,19 @@ func (p *Pin) Alive() error {
 		return fmt.Errorf("%w: pin of pid %d closed", ErrNotPinned, p.pid)
 	}
 	if p.fd >= 0 {
-		if err := signalZero(p.fd, p.pid); err != nil {
-			return err
+		// A pidfd names exactly the pinned process, whatever now has its
+		// PID, and polls readable once that process exits (zombie or
+		// reaped): one syscall answers it, so the /proc read below is only
+		// for pins without a pidfd.
+		fds := []unix.PollFd{{Fd: int32(p.fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, 0)
+		switch {
+		case err != nil:
+			return fmt.Errorf("%w: poll pidfd of pid %d: %v", ErrNotPinned, p.pid, err)
+		case n > 0:
+			return fmt.Errorf("%w: pid %d exited", ErrProcessGone, p.pid)
 		}
+		return nil
 	}
 	st, err := readStat(procRoot, p.pid)
 	if err != nil {

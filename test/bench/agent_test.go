@@ -169,8 +169,8 @@ func BenchmarkAgentVsSPIRE(b *testing.B) {
 		b.Skip("one-shot benchmark: run with -benchtime 1x")
 	}
 	uid := fmt.Sprintf("unix:uid:%d", os.Getuid())
-	s := harness.StartServer(b)
-	tally := tallyDeployment{s: s, a: harness.StartAgent(b, s, "")}
+	s := harness.StartServer(b, "--log-level", "info") // as deployed; the harness default is debug
+	tally := tallyDeployment{s: s, a: harness.StartAgent(b, s, "", "--log-level", "info")}
 	sp := spireDeployment{spire.Start(b, spire.Options{})}
 	deps := []deployment{tally, sp}
 

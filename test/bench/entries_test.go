@@ -65,7 +65,7 @@ func BenchmarkServerEntries(b *testing.B) {
 		return fmt.Sprintf("%.1f s (%.0f entries/s)", d.Seconds(), float64(n)/d.Seconds())
 	}
 
-	s := harness.StartServer(b)
+	s := harness.StartServer(b, "--log-level", "info") // as deployed; the harness default is debug
 	add("server RSS idle", mib(s.RSS(b)))
 	d := create(s, [][]*tallyv1.Entry{entries("batch", 0, 10_000)})
 	add("10,000 entries, one batch, distinct selectors", perSec(10_000, d))

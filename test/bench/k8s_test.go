@@ -134,7 +134,7 @@ func BenchmarkK8sWorkloadAttestation(b *testing.B) {
 	}
 
 	for _, source := range []string{"kubelet", "apiserver"} {
-		s := harness.StartServer(b, "--psat-cluster", "c1", "--psat-kubeconfig", c.Kubeconfig, "--psat-service-account", ns+":tally-agent")
+		s := harness.StartServer(b, "--log-level", "info", "--psat-cluster", "c1", "--psat-kubeconfig", c.Kubeconfig, "--psat-service-account", ns+":tally-agent")
 		args := []string{"--node-attestor", "k8s_psat", "--psat-token-path",
 			write("psat-"+source, c.Token(b, ns, "tally-agent", []string{"tally-server"}, agentPod, time.Hour)), "--pod-source", source, "--log-level", "info"}
 		if source == "kubelet" {

@@ -21,7 +21,7 @@ func BenchmarkServerMint(b *testing.B) {
 		b.Skip("one-shot benchmark: run with -benchtime 1x")
 	}
 	d := benchDuration()
-	s := harness.StartServer(b)
+	s := harness.StartServer(b, "--log-level", "info") // as deployed; the harness default is debug
 	ctx := context.Background()
 	agent, err := s.AttestJoinToken(b, s.NewToken(b, ""))
 	require.NoError(b, err)
