@@ -235,11 +235,19 @@ func (c *Cache) dropSVIDLocked(id string) {
 
 // matchLocked returns the entries whose selectors are all in have.
 func (c *Cache) matchLocked(have map[attest.Selector]struct{}) map[string]*entry {
+	return c.matchIDLocked(have, spiffeid.ID{})
+}
+
+// matchIDLocked is matchLocked limited to entries of id (if not zero).
+func (c *Cache) matchIDLocked(have map[attest.Selector]struct{}, id spiffeid.ID) map[string]*entry {
 	out := map[string]*entry{}
 	for s := range have {
-		for id, e := range c.bySel[s] {
-			if _, seen := out[id]; !seen && e.matches(have) {
-				out[id] = e
+		for eid, e := range c.bySel[s] {
+			if !id.IsZero() && e.SPIFFEID != id {
+				continue
+			}
+			if _, seen := out[eid]; !seen && e.matches(have) {
+				out[eid] = e
 			}
 		}
 	}
@@ -482,13 +490,11 @@ func (c *Cache) FetchJWTSVIDs(ctx context.Context, selectors []attest.Selector, 
 		have[s] = struct{}{}
 	}
 	c.mu.Lock()
-	matched := c.matchLocked(have)
+	matched := c.matchIDLocked(have, id)
 	c.mu.Unlock()
 	entries := make([]*entry, 0, len(matched))
 	for _, e := range matched {
-		if id.IsZero() || e.SPIFFEID == id {
-			entries = append(entries, e)
-		}
+		entries = append(entries, e)
 	}
 	sort.Slice(entries, func(i, j int) bool { return entries[i].ID < entries[j].ID })
 	aud := slices.Clone(audience)

@@ -165,6 +165,9 @@ func (p *Pin) Alive() error {
 		// for pins without a pidfd.
 		fds := []unix.PollFd{{Fd: int32(p.fd), Events: unix.POLLIN}}
 		n, err := unix.Poll(fds, 0)
+		for errors.Is(err, unix.EINTR) {
+			n, err = unix.Poll(fds, 0)
+		}
 		switch {
 		case err != nil:
 			return fmt.Errorf("%w: poll pidfd of pid %d: %v", ErrNotPinned, p.pid, err)
