@@ -142,19 +142,28 @@ func TestRestart(t *testing.T) {
 
 const helperDirEnv = "TALLY_BADGERSTORE_HELPER_DIR"
 
-// TestHelperWriter is the child process of TestKill9: it creates entries
-// one by one and prints each ID once CreateEntries has returned.
-func TestHelperWriter(t *testing.T) {
-	dir := os.Getenv(helperDirEnv)
-	if dir == "" {
-		t.Skip("runs as the child process of TestKill9")
+// TestMain runs the writer child of TestKill9 when the environment asks
+// for it, and the tests otherwise.
+func TestMain(m *testing.M) {
+	if dir := os.Getenv(helperDirEnv); dir != "" {
+		os.Exit(helperWriter(dir))
 	}
-	s, err := Open(Config{Dir: dir, Logger: testLogger(t)})
-	require.NoError(t, err)
+	os.Exit(m.Run())
+}
+
+// helperWriter is the child process of TestKill9: it creates entries one by
+// one and prints each ID once CreateEntries has returned, until killed.
+func helperWriter(dir string) int {
+	s, err := Open(Config{Dir: dir, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	for i := 0; ; i++ {
 		e := benchEntry(fmt.Sprintf("p%d-%06d", os.Getpid(), i))
 		if _, err := s.CreateEntries(context.Background(), []store.Entry{e}); err != nil {
-			t.Fatal(err)
+			fmt.Fprintln(os.Stderr, err)
+			return 1
 		}
 		fmt.Printf("ack %s\n", e.ID)
 	}
@@ -167,7 +176,7 @@ func TestKill9(t *testing.T) {
 	dir := t.TempDir()
 	var acked []string
 	for round := range rounds {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestHelperWriter$", "-test.count=1")
+		cmd := exec.Command(os.Args[0])
 		cmd.Env = append(os.Environ(), helperDirEnv+"="+dir)
 		cmd.Stderr = t.Output()
 		stdout, err := cmd.StdoutPipe()
