@@ -3,13 +3,11 @@ package harness
 import (
 	"context"
 	"encoding/pem"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
@@ -69,25 +67,7 @@ func NewAgent(t testing.TB, s *Server, args ...string) *AgentProc {
 func (a *AgentProc) Start(t testing.TB) {
 	t.Helper()
 	done := a.StartNoWait(t)
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		resp, err := http.Get("http://" + a.HealthAddr + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
-		select {
-		case <-done:
-			t.Fatalf("tally-agent exited during start:\n%s", a.Log())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("tally-agent not ready after 60s:\n%s", a.Log())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitReady(t, "tally-agent", a.HealthAddr, done, a.Log)
 }
 
 // StartNoWait runs the agent process and returns a channel closed when it
@@ -117,23 +97,7 @@ func (a *AgentProc) StartNoWait(t testing.TB) <-chan struct{} {
 func (a *AgentProc) Stop(t testing.TB) { t.Helper(); a.stop(syscall.SIGTERM) }
 func (a *AgentProc) Kill(t testing.TB) { t.Helper(); a.stop(syscall.SIGKILL) }
 
-func (a *AgentProc) stop(sig syscall.Signal) {
-	if a.cmd == nil || a.cmd.Process == nil {
-		return
-	}
-	select {
-	case <-a.done:
-		return
-	default:
-	}
-	_ = a.cmd.Process.Signal(sig)
-	select {
-	case <-a.done:
-	case <-time.After(20 * time.Second):
-		_ = a.cmd.Process.Kill()
-		<-a.done
-	}
-}
+func (a *AgentProc) stop(sig syscall.Signal) { stopProcess(a.cmd, a.done, sig) }
 
 // Log is what the agent printed so far.
 func (a *AgentProc) Log() string { return a.log.String() }

@@ -135,9 +135,16 @@ func (s *Server) Start(t testing.TB) {
 	cmd, done := s.cmd, s.done
 	go func() { _ = cmd.Wait(); close(done) }()
 	t.Cleanup(func() { s.stop(syscall.SIGTERM) })
+	waitReady(t, "tally-server", s.HealthAddr, done, s.Log)
+}
+
+// waitReady polls http://addr/readyz until it answers 200, failing the test
+// if the process exits (done) or 60 s pass.
+func waitReady(t testing.TB, name, addr string, done <-chan struct{}, log func() string) {
+	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		resp, err := http.Get("http://" + s.HealthAddr + "/readyz")
+		resp, err := http.Get("http://" + addr + "/readyz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
@@ -146,13 +153,32 @@ func (s *Server) Start(t testing.TB) {
 		}
 		select {
 		case <-done:
-			t.Fatalf("tally-server exited during start:\n%s", s.Log())
+			t.Fatalf("%s exited during start:\n%s", name, log())
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("tally-server not ready after 60s:\n%s", s.Log())
+			t.Fatalf("%s not ready after 60s:\n%s", name, log())
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// stopProcess sends sig and waits for done, killing after 20 s.
+func stopProcess(cmd *exec.Cmd, done <-chan struct{}, sig syscall.Signal) {
+	if cmd == nil || cmd.Process == nil {
+		return
+	}
+	select {
+	case <-done:
+		return
+	default:
+	}
+	_ = cmd.Process.Signal(sig)
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
 	}
 }
 
@@ -162,23 +188,7 @@ func (s *Server) Stop(t testing.TB) { t.Helper(); s.stop(syscall.SIGTERM) }
 // Kill ends the server with SIGKILL (kill -9) and waits for it.
 func (s *Server) Kill(t testing.TB) { t.Helper(); s.stop(syscall.SIGKILL) }
 
-func (s *Server) stop(sig syscall.Signal) {
-	if s.cmd == nil || s.cmd.Process == nil {
-		return
-	}
-	select {
-	case <-s.done:
-		return
-	default:
-	}
-	_ = s.cmd.Process.Signal(sig)
-	select {
-	case <-s.done:
-	case <-time.After(20 * time.Second):
-		_ = s.cmd.Process.Kill()
-		<-s.done
-	}
-}
+func (s *Server) stop(sig syscall.Signal) { stopProcess(s.cmd, s.done, sig) }
 
 // Log is everything the server printed so far.
 func (s *Server) Log() string { return s.log.String() }
