@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -125,13 +124,20 @@ func table(t testing.TB, title string, header string, rows []string) {
 		fmt.Fprintln(w, r)
 	}
 	w.Flush()
-	fmt.Print(b.String())
+	note(t, b.String())
+}
+
+// note prints s and appends it to $TALLY_BENCH_OUT when set.
+func note(t testing.TB, s string) {
+	t.Helper()
+	if !strings.HasSuffix(s, "\n") {
+		s += "\n"
+	}
+	fmt.Print(s)
 	if out := os.Getenv("TALLY_BENCH_OUT"); out != "" {
 		f, err := os.OpenFile(out, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
 		require.NoError(t, err)
 		defer f.Close()
-		_, _ = f.WriteString(b.String())
+		_, _ = f.WriteString(s)
 	}
 }
-
-var _ = context.Background

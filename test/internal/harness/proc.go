@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -27,4 +29,26 @@ func RSSOf(t testing.TB, pid int) int64 {
 	}
 	t.Fatalf("no VmRSS for pid %d", pid)
 	return 0
+}
+
+// CPUOf returns the CPU time a process's live threads have used, summed
+// from /proc/<pid>/task/*/schedstat (nanoseconds, unlike /proc/<pid>/stat's
+// clock ticks).
+func CPUOf(t testing.TB, pid int) time.Duration {
+	t.Helper()
+	stats, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
+	require.NoError(t, err)
+	require.NotEmpty(t, stats, "no threads for pid %d", pid)
+	var total time.Duration
+	for _, p := range stats {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue // the thread exited
+		}
+		var ns int64
+		_, err = fmt.Sscanf(string(b), "%d", &ns)
+		require.NoError(t, err)
+		total += time.Duration(ns)
+	}
+	return total
 }
