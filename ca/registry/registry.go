@@ -41,7 +41,9 @@ type Config struct {
 	// server replicas. Default 1s.
 	PollInterval time.Duration
 	// EventWindow is how many recent events are kept in memory to send
-	// agents deltas instead of snapshots. Default 100,000.
+	// agents deltas instead of snapshots; an agent further behind gets a
+	// snapshot of its entries. Default 10,000 (each event holds an entry,
+	// so the window costs memory like that many entries).
 	EventWindow int
 }
 
@@ -77,7 +79,7 @@ func New(cfg Config) *Registry {
 		cfg.PollInterval = time.Second
 	}
 	if cfg.EventWindow == 0 {
-		cfg.EventWindow = 100_000
+		cfg.EventWindow = 10_000
 	}
 	return &Registry{
 		cfg:      cfg,

@@ -5,13 +5,17 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/dgraph-io/badger/v4"
 	"github.com/stretchr/testify/require"
 	clocktesting "k8s.io/utils/clock/testing"
 
@@ -24,9 +28,18 @@ func testLogger(t testing.TB) *slog.Logger {
 }
 
 // openDir opens the store in dir and closes it at the end of the test.
-func openDir(t testing.TB, dir string) *Store {
+func openDir(t testing.TB, dir string) *Store { return openConfig(t, Config{Dir: dir}) }
+
+// openSmall opens a store in dir whose transactions hold about 120
+// entries, so that bigger batches go through a write intent.
+func openSmall(t testing.TB, dir string) *Store {
+	return openConfig(t, Config{Dir: dir, MemTableSize: 1 << 20})
+}
+
+func openConfig(t testing.TB, cfg Config) *Store {
 	t.Helper()
-	s, err := Open(Config{Dir: dir, Logger: testLogger(t)})
+	cfg.Logger = testLogger(t)
+	s, err := Open(cfg)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = s.Close() })
 	return s
@@ -55,25 +68,131 @@ func TestOpen(t *testing.T) {
 	}
 }
 
-// TestCreateEntriesTooBig checks that a batch beyond one transaction fails
-// as a whole.
-func TestCreateEntriesTooBig(t *testing.T) {
-	ctx := t.Context()
-	s := openDir(t, t.TempDir())
-	batch := make([]store.Entry, 40_000)
-	for i := range batch {
-		batch[i] = benchEntry(fmt.Sprintf("big-%06d", i))
-	}
+// TestConformanceSmallTransactions runs the conformance suite with batches
+// beyond one transaction.
+func TestConformanceSmallTransactions(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) store.Store { return openSmall(t, t.TempDir()) })
+}
 
-	_, err := s.CreateEntries(ctx, batch)
+// TestBatchBeyondOneTransaction creates, lists, reopens and deletes a batch
+// that needs several transactions.
+func TestBatchBeyondOneTransaction(t *testing.T) {
+	ctx := t.Context()
+	dir := t.TempDir()
+	s := openSmall(t, dir)
+	batch := benchEntries("big", 3_000)
+	err := s.db.Update(func(txn *badger.Txn) error {
+		w := &writes{}
+		for _, e := range batch {
+			require.NoError(t, putEntry(w, e, dupKey(e)))
+		}
+		return w.applyTo(txn)
+	})
+	require.ErrorIs(t, err, badger.ErrTxnTooBig, "the batch must not fit one transaction")
+
+	got, err := s.CreateEntries(ctx, batch)
+	require.NoError(t, err)
+	require.Equal(t, uint64(3_000), got[len(got)-1].Revision)
+	require.NoError(t, s.Close())
+
+	s = openSmall(t, dir)
+	requireStored(t, s, 3_000, 3_000)
+	ids := make([]string, len(batch))
+	for i, e := range batch {
+		ids[i] = e.ID
+	}
+	require.NoError(t, s.DeleteEntries(ctx, ids))
+	requireStored(t, s, 0, 6_000)
+	require.Equal(t, uint64(6_000), s.rev.Load())
+}
+
+// TestOpenAfterCrashLeftEmptyFile: a kill -9 right after badger created a
+// memtable file leaves it empty, which must not keep the store shut.
+func TestOpenAfterCrashLeftEmptyFile(t *testing.T) {
+	dir := t.TempDir()
+	s := openDir(t, dir)
+	_, err := s.CreateEntries(t.Context(), benchEntries("e", 10))
+	require.NoError(t, err)
+	require.NoError(t, s.Close())
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "00099.mem"), nil, 0o600))
+
+	s = openDir(t, dir)
+
+	requireStored(t, s, 10, 10)
+}
+
+// requireStored checks how many entries and events s has.
+func requireStored(t *testing.T, s *Store, entries, events int) {
+	t.Helper()
+	all, err := s.ListEntries(t.Context(), store.EntryFilter{})
+	require.NoError(t, err)
+	require.Len(t, all, entries)
+	evs, err := s.Events(t.Context(), 0, 0)
+	require.NoError(t, err)
+	require.Len(t, evs, events)
+}
+
+// TestBatchTooBig checks that a batch beyond the largest write intent fails
+// as a whole.
+func TestBatchTooBig(t *testing.T) {
+	ctx := t.Context()
+	s := openSmall(t, t.TempDir())
+	s.maxIntent = 100 << 10
+
+	_, err := s.CreateEntries(ctx, benchEntries("big", 3_000))
 
 	require.ErrorContains(t, err, "split it")
+	require.ErrorIs(t, err, badger.ErrTxnTooBig)
 	rev, err := s.Revision(ctx)
 	require.NoError(t, err)
 	require.Zero(t, rev)
 	all, err := s.ListEntries(ctx, store.EntryFilter{})
 	require.NoError(t, err)
 	require.Empty(t, all)
+}
+
+// TestInterruptedIntent leaves a write intent half applied, as a crash in
+// commit would, and checks that Open finishes it.
+func TestInterruptedIntent(t *testing.T) {
+	dir := t.TempDir()
+	s := openSmall(t, dir)
+	w := &writes{}
+	for i, e := range benchEntries("cut", 1_000) {
+		e.Revision = uint64(i + 1)
+		require.NoError(t, putEntry(w, e, dupKey(e)))
+		require.NoError(t, putEvent(w, store.Event{Revision: e.Revision, Type: store.EventCreated, Entry: e}))
+	}
+	w.set([]byte(keyRevision), encodeUint64(1_000))
+	decoded, err := decodeWrites(w.encode())
+	require.NoError(t, err)
+	require.Len(t, decoded.ops, len(w.ops))
+	require.Equal(t, w.encode(), decoded.encode())
+	require.NoError(t, s.db.Update(func(txn *badger.Txn) error { return txn.Set([]byte(keyIntent), w.encode()) }))
+	half := &writes{ops: w.ops[:500]} // about 70 of the 1,000 entries
+	require.NoError(t, s.db.Update(half.applyTo))
+	require.NoError(t, s.Close())
+
+	s = openSmall(t, dir)
+
+	require.Equal(t, uint64(1_000), s.rev.Load())
+	requireStored(t, s, 1_000, 1_000)
+	require.NoError(t, s.db.View(func(txn *badger.Txn) error {
+		found, err := exists(txn, []byte(keyIntent))
+		require.False(t, found, "the intent is gone once applied")
+		return err
+	}))
+}
+
+// TestDecodeWritesRejectsJunk: a damaged intent is an error, not a panic.
+func TestDecodeWritesRejectsJunk(t *testing.T) {
+	good := (&writes{ops: []write{{key: []byte("k"), value: []byte("v")}, {key: []byte("d"), delete: true}}}).encode()
+	for _, b := range [][]byte{{2}, {0}, {0, 5, 'k'}, good[:len(good)-1], {0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01}} {
+		_, err := decodeWrites(b)
+		require.Error(t, err, "%x", b)
+	}
+	w, err := decodeWrites(good)
+	require.NoError(t, err)
+	require.Len(t, w.ops, 2)
 }
 
 // TestRestart closes a store and checks that a reopened one has every kind
@@ -140,7 +259,10 @@ func TestRestart(t *testing.T) {
 	require.Equal(t, uint64(6), got[0].Revision)
 }
 
-const helperDirEnv = "TALLY_BADGERSTORE_HELPER_DIR"
+const (
+	helperDirEnv   = "TALLY_BADGERSTORE_HELPER_DIR"
+	helperBatchEnv = "TALLY_BADGERSTORE_HELPER_BATCH"
+)
 
 // TestMain runs the writer child of TestKill9 when the environment asks
 // for it, and the tests otherwise.
@@ -151,61 +273,96 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// helperWriter is the child process of TestKill9: it creates entries one by
-// one and prints each ID once CreateEntries has returned, until killed.
+// helperWriter is the child process of TestKill9: it creates batches of
+// $TALLY_BADGERSTORE_HELPER_BATCH entries (default 1) and prints each
+// batch's ID prefix once CreateEntries has returned, until killed. Batches
+// of more than one entry use small transactions, so they go through a write
+// intent.
 func helperWriter(dir string) int {
-	s, err := Open(Config{Dir: dir, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	n, _ := strconv.Atoi(os.Getenv(helperBatchEnv))
+	cfg := Config{Dir: dir, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+	if n > 1 {
+		cfg.MemTableSize = 1 << 20
+	}
+	s, err := Open(cfg)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	for i := 0; ; i++ {
-		e := benchEntry(fmt.Sprintf("p%d-%06d", os.Getpid(), i))
-		if _, err := s.CreateEntries(context.Background(), []store.Entry{e}); err != nil {
+		prefix := fmt.Sprintf("p%d-%06d", os.Getpid(), i)
+		batch := benchEntries(prefix, max(n, 1))
+		if _, err := s.CreateEntries(context.Background(), batch); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
-		fmt.Printf("ack %s\n", e.ID)
+		fmt.Printf("ack %s\n", prefix)
 	}
 }
 
 // TestKill9 kills a writer process with SIGKILL, several times over the same
-// directory, and requires every entry it acknowledged to be there after.
+// directory, and requires every batch it acknowledged to be there after,
+// every batch to be there whole or not at all, and the event log to match.
 func TestKill9(t *testing.T) {
-	const rounds, acks = 3, 200
+	for _, tc := range []struct {
+		name        string
+		batch, acks int
+	}{
+		{name: "one entry per transaction", batch: 1, acks: 200},
+		{name: "batches beyond one transaction", batch: 600, acks: 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testKill9(t, tc.batch, tc.acks) })
+	}
+}
+
+func testKill9(t *testing.T, batch, acks int) {
+	const rounds = 3
 	dir := t.TempDir()
 	var acked []string
 	for round := range rounds {
 		cmd := exec.Command(os.Args[0])
-		cmd.Env = append(os.Environ(), helperDirEnv+"="+dir)
+		cmd.Env = append(os.Environ(), helperDirEnv+"="+dir, fmt.Sprintf("%s=%d", helperBatchEnv, batch))
 		cmd.Stderr = t.Output()
 		stdout, err := cmd.StdoutPipe()
 		require.NoError(t, err)
 		require.NoError(t, cmd.Start())
 		lines := bufio.NewScanner(stdout)
 		n := 0
+		var last, interval time.Duration
+		start := time.Now()
 		for n < acks && lines.Scan() {
-			if id, ok := strings.CutPrefix(lines.Text(), "ack "); ok {
-				acked = append(acked, id)
+			if prefix, ok := strings.CutPrefix(lines.Text(), "ack "); ok {
+				acked = append(acked, prefix)
 				n++
+				interval, last = time.Since(start)-last, time.Since(start)
 			}
 		}
+		// Kill at a random point of the next batch.
+		time.Sleep(rand.N(interval + 1))
 		require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
 		_ = cmd.Wait()
 		require.Equal(t, acks, n, "round %d: the writer stopped early", round)
 
 		s, err := Open(Config{Dir: dir, Logger: testLogger(t)})
 		require.NoError(t, err)
-		for _, id := range acked {
-			_, err := s.GetEntry(t.Context(), id)
-			require.NoError(t, err, "round %d: acknowledged entry lost", round)
+		all, err := s.ListEntries(t.Context(), store.EntryFilter{})
+		require.NoError(t, err)
+		perBatch := map[string]int{}
+		for _, e := range all {
+			perBatch[e.ID[:strings.LastIndexByte(e.ID, '-')]]++
+		}
+		for _, prefix := range acked {
+			require.Equal(t, batch, perBatch[prefix], "round %d: acknowledged batch %s lost", round, prefix)
+		}
+		for prefix, got := range perBatch {
+			require.Equal(t, batch, got, "round %d: batch %s is there in part", round, prefix)
 		}
 		rev, err := s.Revision(t.Context())
 		require.NoError(t, err)
 		events, err := s.Events(t.Context(), 0, 0)
 		require.NoError(t, err)
 		require.Len(t, events, int(rev), "round %d", round)
-		require.GreaterOrEqual(t, len(events), len(acked), "round %d", round)
+		require.Len(t, all, int(rev), "round %d", round)
 		for i, ev := range events {
 			require.Equal(t, uint64(i+1), ev.Revision, "round %d", round)
 		}

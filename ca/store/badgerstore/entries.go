@@ -11,10 +11,10 @@ import (
 	"github.com/tallyid/tally/ca/store"
 )
 
-// CreateEntries inserts all entries in one transaction, or none. It fails with
-// store.ErrAlreadyExists, naming the entry, if an ID is stored or repeated in
-// the batch, or if an entry equals a stored or earlier one in spiffe_id,
-// parent_id and selector set. The returned entries carry their revisions,
+// CreateEntries inserts all entries or none, however many (see commit). It
+// fails with store.ErrAlreadyExists, naming the entry, if an ID is stored or
+// repeated in the batch, or if an entry equals a stored or earlier one in
+// spiffe_id, parent_id and selector set. The returned entries carry their revisions,
 // consecutive in batch order; CreatedAt is kept as given.
 func (s *Store) CreateEntries(ctx context.Context, entries []store.Entry) ([]store.Entry, error) {
 	if err := ctx.Err(); err != nil {
@@ -30,7 +30,8 @@ func (s *Store) CreateEntries(ctx context.Context, entries []store.Entry) ([]sto
 	out := make([]store.Entry, len(entries))
 	ids := make(map[string]struct{}, len(entries))
 	dups := make(map[string]string, len(entries))
-	err := s.db.Update(func(txn *badger.Txn) error {
+	w := &writes{}
+	err := s.db.View(func(txn *badger.Txn) error {
 		for i, e := range entries {
 			if e.ID == "" {
 				return fmt.Errorf("entry %d has no id", i)
@@ -62,17 +63,21 @@ func (s *Store) CreateEntries(ctx context.Context, entries []store.Entry) ([]sto
 			rev++
 			e.Revision = rev
 			out[i] = e
-			if err := putEntry(txn, e, dk); err != nil {
+			if err := putEntry(w, e, dk); err != nil {
 				return err
 			}
-			if err := putEvent(txn, store.Event{Revision: rev, Type: store.EventCreated, Entry: e}); err != nil {
+			if err := putEvent(w, store.Event{Revision: rev, Type: store.EventCreated, Entry: e}); err != nil {
 				return err
 			}
 		}
-		return txn.Set([]byte(keyRevision), encodeUint64(rev))
+		w.set([]byte(keyRevision), encodeUint64(rev))
+		return nil
 	})
+	if err == nil {
+		err = s.commit(w)
+	}
 	if errors.Is(err, badger.ErrTxnTooBig) {
-		return nil, fmt.Errorf("badgerstore: create entries: a batch of %d entries does not fit one transaction, split it: %w", len(entries), err)
+		return nil, fmt.Errorf("badgerstore: create entries: a batch of %d entries is too big, split it: %w", len(entries), err)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("badgerstore: create entries: %w", err)
@@ -92,7 +97,8 @@ func (s *Store) UpdateEntry(ctx context.Context, e store.Entry) (store.Entry, er
 	defer s.mu.Unlock()
 
 	rev := s.rev.Load() + 1
-	err := s.db.Update(func(txn *badger.Txn) error {
+	w := &writes{}
+	err := s.db.View(func(txn *badger.Txn) error {
 		prev, err := getEntry(txn, e.ID)
 		if err != nil {
 			return err
@@ -107,18 +113,20 @@ func (s *Store) UpdateEntry(ctx context.Context, e store.Entry) (store.Entry, er
 		}
 		e.CreatedAt = prev.CreatedAt
 		e.Revision = rev
-		if err := deleteEntry(txn, prev); err != nil {
-			return err
-		}
-		if err := putEntry(txn, e, dk); err != nil {
+		deleteEntry(w, prev)
+		if err := putEntry(w, e, dk); err != nil {
 			return err
 		}
 		ev := store.Event{Revision: rev, Type: store.EventUpdated, Entry: e, Previous: &prev}
-		if err := putEvent(txn, ev); err != nil {
+		if err := putEvent(w, ev); err != nil {
 			return err
 		}
-		return txn.Set([]byte(keyRevision), encodeUint64(rev))
+		w.set([]byte(keyRevision), encodeUint64(rev))
+		return nil
 	})
+	if err == nil {
+		err = s.commit(w)
+	}
 	if err != nil {
 		return store.Entry{}, fmt.Errorf("badgerstore: update entry: %w", err)
 	}
@@ -126,9 +134,9 @@ func (s *Store) UpdateEntry(ctx context.Context, e store.Entry) (store.Entry, er
 	return e, nil
 }
 
-// DeleteEntries deletes all entries with the given IDs in one transaction, or
-// none: store.ErrNotFound, naming the ID, if one is absent. An ID listed twice
-// is deleted once.
+// DeleteEntries deletes all entries with the given IDs or none (see
+// commit): store.ErrNotFound, naming the ID, if one is absent. An ID listed
+// twice is deleted once.
 func (s *Store) DeleteEntries(ctx context.Context, ids []string) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("badgerstore: delete entries: %w", err)
@@ -141,7 +149,8 @@ func (s *Store) DeleteEntries(ctx context.Context, ids []string) error {
 
 	rev := s.rev.Load()
 	seen := make(map[string]struct{}, len(ids))
-	err := s.db.Update(func(txn *badger.Txn) error {
+	w := &writes{}
+	err := s.db.View(func(txn *badger.Txn) error {
 		for _, id := range ids {
 			if _, ok := seen[id]; ok {
 				continue
@@ -151,18 +160,20 @@ func (s *Store) DeleteEntries(ctx context.Context, ids []string) error {
 			if err != nil {
 				return err
 			}
-			if err := deleteEntry(txn, e); err != nil {
-				return err
-			}
+			deleteEntry(w, e)
 			rev++
-			if err := putEvent(txn, store.Event{Revision: rev, Type: store.EventDeleted, Entry: e}); err != nil {
+			if err := putEvent(w, store.Event{Revision: rev, Type: store.EventDeleted, Entry: e}); err != nil {
 				return err
 			}
 		}
-		return txn.Set([]byte(keyRevision), encodeUint64(rev))
+		w.set([]byte(keyRevision), encodeUint64(rev))
+		return nil
 	})
+	if err == nil {
+		err = s.commit(w)
+	}
 	if errors.Is(err, badger.ErrTxnTooBig) {
-		return fmt.Errorf("badgerstore: delete entries: %d entries do not fit one transaction, split them: %w", len(ids), err)
+		return fmt.Errorf("badgerstore: delete entries: %d entries are too many, split them: %w", len(ids), err)
 	}
 	if err != nil {
 		return fmt.Errorf("badgerstore: delete entries: %w", err)
@@ -177,7 +188,7 @@ func (s *Store) GetEntry(ctx context.Context, id string) (store.Entry, error) {
 		return store.Entry{}, fmt.Errorf("badgerstore: get entry %q: %w", id, err)
 	}
 	var e store.Entry
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.view(func(txn *badger.Txn) error {
 		var err error
 		e, err = getEntry(txn, id)
 		return err
@@ -197,7 +208,7 @@ func (s *Store) ListEntries(ctx context.Context, f store.EntryFilter) ([]store.E
 		return nil, fmt.Errorf("badgerstore: list entries: %w", err)
 	}
 	var out []store.Entry
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.view(func(txn *badger.Txn) error {
 		var prefixes [][]byte
 		if f.SPIFFEID != "" {
 			prefixes = append(prefixes, spiffePrefix(f.SPIFFEID))
@@ -328,34 +339,24 @@ func getEntry(txn *badger.Txn, id string) (store.Entry, error) {
 }
 
 // putEntry writes e with its index keys; dk is dupKey(e).
-func putEntry(txn *badger.Txn, e store.Entry, dk []byte) error {
+func putEntry(w *writes, e store.Entry, dk []byte) error {
 	v, err := json.Marshal(e)
 	if err != nil {
 		return fmt.Errorf("encode entry %q: %w", e.ID, err)
 	}
-	if err := txn.Set(entryKey(e.ID), v); err != nil {
-		return err
-	}
-	if err := txn.Set(dk, []byte(e.ID)); err != nil {
-		return err
-	}
+	w.set(entryKey(e.ID), v)
+	w.set(dk, []byte(e.ID))
 	for _, k := range indexKeys(e) {
-		if err := txn.Set(k, nil); err != nil {
-			return err
-		}
+		w.set(k, nil)
 	}
 	return nil
 }
 
 // deleteEntry removes the stored entry e with its index keys.
-func deleteEntry(txn *badger.Txn, e store.Entry) error {
-	keys := append(indexKeys(e), entryKey(e.ID), dupKey(e))
-	for _, k := range keys {
-		if err := txn.Delete(k); err != nil {
-			return err
-		}
+func deleteEntry(w *writes, e store.Entry) {
+	for _, k := range append(indexKeys(e), entryKey(e.ID), dupKey(e)) {
+		w.del(k)
 	}
-	return nil
 }
 
 // indexKeys are the filter index keys of e.

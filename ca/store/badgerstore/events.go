@@ -31,7 +31,7 @@ func (s *Store) Events(ctx context.Context, after uint64, limit int) ([]store.Ev
 		return nil, fmt.Errorf("badgerstore: events: %w", err)
 	}
 	var out []store.Event
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.view(func(txn *badger.Txn) error {
 		pruned, err := getUint64(txn, keyPruned)
 		if err != nil {
 			return err
@@ -105,10 +105,11 @@ func (s *Store) PruneEvents(ctx context.Context, before uint64) error {
 }
 
 // putEvent writes ev under its revision.
-func putEvent(txn *badger.Txn, ev store.Event) error {
+func putEvent(w *writes, ev store.Event) error {
 	v, err := json.Marshal(ev)
 	if err != nil {
 		return fmt.Errorf("encode event %d: %w", ev.Revision, err)
 	}
-	return txn.Set(eventKey(ev.Revision), v)
+	w.set(eventKey(ev.Revision), v)
+	return nil
 }

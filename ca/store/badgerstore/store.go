@@ -8,22 +8,28 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/ristretto/v2/z"
 	"k8s.io/utils/clock"
 
 	"github.com/tallyid/tally/ca/store"
 )
 
 const (
-	// memTableSize bounds one transaction: badger accepts a write batch of up
-	// to 15% of a memtable, and at most that many bytes over 96 keys. 128 MiB
-	// admits about 200,000 keys and 19 MiB per transaction, which is a batch
-	// of 10,000 entries with up to 14 selectors each.
-	memTableSize = 128 << 20
+	// defaultMemTableSize bounds one transaction: badger accepts a write
+	// batch of up to 15% of a memtable, and at most that many bytes over 96
+	// keys: 16 MiB admits about 26,000 keys and 2.4 MiB, a batch of about
+	// 2,000 typical entries. Bigger batches go through a write intent (see commit).
+	// Badger allocates the memtables in the Go heap, where a large one would
+	// raise the garbage collector's goal by its size.
+	defaultMemTableSize = 16 << 20
+	// valueLogFileSize bounds one value, so one write intent.
+	valueLogFileSize = 64 << 20
 	// valueThreshold keeps small values (a typical entry is 300–500 bytes)
 	// in the LSM tree; larger ones go to the value log, where they count only
 	// as a pointer against the transaction size.
@@ -44,6 +50,9 @@ type Config struct {
 	GCInterval time.Duration
 	// Clock drives Run's schedule. Default: the real clock.
 	Clock clock.WithTicker
+	// MemTableSize is the size of badger's memtables, which bounds one
+	// transaction. Default: 16 MiB.
+	MemTableSize int64
 }
 
 // Store is a store.Store on badger. Every method that changes something
@@ -63,6 +72,11 @@ type Store struct {
 	rev atomic.Uint64
 	// pruneMu serialises PruneEvents, the only writer of m/pruned.
 	pruneMu sync.Mutex
+	// applying is held by commit while it applies a write intent over
+	// several transactions, and by readers of entries and events (view).
+	applying sync.RWMutex
+	// maxIntent is the largest write intent commit saves, in bytes.
+	maxIntent int
 }
 
 var _ store.Store = (*Store)(nil)
@@ -82,21 +96,39 @@ func Open(cfg Config) (*Store, error) {
 	if cfg.Clock == nil {
 		cfg.Clock = clock.RealClock{}
 	}
+	if cfg.MemTableSize <= 0 {
+		cfg.MemTableSize = defaultMemTableSize
+	}
 	log := cfg.Logger.With("component", "badgerstore")
 	opts := badger.DefaultOptions(cfg.Dir).
 		WithSyncWrites(true).
 		WithLogger(badgerLogger{log: log}).
-		WithMemTableSize(memTableSize).
+		WithMemTableSize(cfg.MemTableSize).
 		WithValueThreshold(valueThreshold).
 		// Memory: at most one memtable waiting for its flush, a small block
 		// cache (the registry keeps entries in memory anyway), and value-log
 		// files small enough that GC can reclaim them.
 		WithNumMemtables(2).
 		WithBlockCacheSize(16 << 20).
-		WithValueLogFileSize(64 << 20)
+		WithValueLogFileSize(valueLogFileSize)
 	db, err := badger.Open(opts)
+	if err != nil && strings.HasSuffix(err.Error(), z.NewFile.Error()) {
+		// A crash between creating a memtable or value-log file and its
+		// first write leaves it empty; badger v4 then fails to open once,
+		// having sized the file, and opens on the next try
+		// (dgraph-io/badger#2207). Badger formats the sentinel into its
+		// error (%+v), so only the text tells.
+		log.Warn("reopening the database after a crash left an empty file", "error", err)
+		db, err = badger.Open(opts)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("badgerstore: open %s: %w", cfg.Dir, err)
+	}
+	s := &Store{db: db, log: log, clock: cfg.Clock, gcInterval: cfg.GCInterval, maxIntent: valueLogFileSize / 2}
+	if n, err := s.finishIntent(); err != nil {
+		return nil, errors.Join(fmt.Errorf("badgerstore: open %s: finish an interrupted batch: %w", cfg.Dir, err), db.Close())
+	} else if n > 0 {
+		log.Warn("finished a batch write that was interrupted", "writes", n)
 	}
 	var rev uint64
 	err = db.View(func(txn *badger.Txn) error {
@@ -107,7 +139,6 @@ func Open(cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("badgerstore: open %s: read revision: %w", cfg.Dir, err), db.Close())
 	}
-	s := &Store{db: db, log: log, clock: cfg.Clock, gcInterval: cfg.GCInterval}
 	s.rev.Store(rev)
 	return s, nil
 }
@@ -151,6 +182,14 @@ func (s *Store) collectGarbage(ctx context.Context) {
 		break
 	}
 	s.log.Debug("value log GC done", "rewrites", rewrites)
+}
+
+// view runs fn in a read-only transaction that sees no half-applied write
+// intent.
+func (s *Store) view(fn func(txn *badger.Txn) error) error {
+	s.applying.RLock()
+	defer s.applying.RUnlock()
+	return s.db.View(fn)
 }
 
 // update runs fn in a read-write transaction, again if it conflicted with a
