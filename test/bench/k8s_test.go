@@ -104,15 +104,24 @@ func BenchmarkK8sWorkloadAttestation(b *testing.B) {
 	self, err := os.Executable()
 	require.NoError(b, err)
 
-	// run makes the calls from inside the caller pod and returns the median
-	// latency and the agent's CPU per call.
+	client := func(addr string, n int, out *bytes.Buffer) *exec.Cmd {
+		cmd := exec.Command(self)
+		cmd.Env = append(os.Environ(), "TALLY_BENCH_CLIENT="+addr, "TALLY_BENCH_N="+strconv.Itoa(n))
+		cmd.Stdout, cmd.Stderr = out, out
+		return cmd
+	}
+	// run waits until the caller pod is served (the agent has synced the
+	// entry), then makes the calls from inside the pod and returns the
+	// median latency and the agent's CPU per call.
 	run := func(addr string, agentPID int) (time.Duration, time.Duration, time.Duration) {
 		var out bytes.Buffer
-		cmd := exec.Command(self)
-		cmd.Env = append(os.Environ(), "TALLY_BENCH_CLIENT="+addr, "TALLY_BENCH_N="+strconv.Itoa(calls))
-		cmd.Stdout, cmd.Stderr = &out, &out
+		require.Eventually(b, func() bool {
+			out.Reset()
+			return sim.RunCommand(b, caller, "main", client(addr, 1, &out)).Wait() == nil
+		}, time.Minute, 500*time.Millisecond, "the caller pod is never served")
+		out.Reset()
 		before := cpuTicks(b, agentPID)
-		require.NoError(b, sim.RunCommand(b, caller, "main", cmd).Wait(), out.String())
+		require.NoError(b, sim.RunCommand(b, caller, "main", client(addr, calls, &out)).Wait(), out.String())
 		after := cpuTicks(b, agentPID)
 		line := out.String()
 		i := strings.Index(line, "lat_us ")
@@ -166,7 +175,6 @@ func BenchmarkK8sWorkloadAttestation(b *testing.B) {
         }
     }`, host, sim.URL[strings.LastIndexByte(sim.URL, ':')+1:], sim.CAFile, kubeletToken)})
 	sp.CreateEntries(b, []spire.Entry{{SPIFFEID: "spiffe://example.org/web", Selectors: []string{"k8s:ns:" + ns, "k8s:sa:web"}}})
-	time.Sleep(6 * time.Second) // SPIRE's agent syncs every 5 s
 	p50, p95, cpu := run("unix://"+sp.AgentSocket(), sp.AgentPID())
 	row("SPIRE v1.13.3 k8s attestor (same simulated kubelet)", p50, p95, cpu)
 
