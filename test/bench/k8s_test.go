@@ -58,16 +58,6 @@ func benchClient(addr string) int {
 	return 0
 }
 
-// cpuTicks is a process's user+system CPU time in clock ticks (1/100 s).
-func cpuTicks(t testing.TB, pid int) int64 {
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	require.NoError(t, err)
-	f := strings.Fields(string(raw)[strings.LastIndexByte(string(raw), ')')+2:])
-	u, _ := strconv.ParseInt(f[11], 10, 64)
-	s, _ := strconv.ParseInt(f[12], 10, 64)
-	return u + s
-}
-
 // BenchmarkK8sWorkloadAttestation: a node with 100 pods; a process in one
 // pod's real cgroup makes 300 FetchX509SVID calls (each attested); per call
 // latency and agent CPU, for Tally with the kubelet pod source, Tally with
@@ -120,9 +110,9 @@ func BenchmarkK8sWorkloadAttestation(b *testing.B) {
 			return sim.RunCommand(b, caller, "main", client(addr, 1, &out)).Wait() == nil
 		}, time.Minute, 500*time.Millisecond, "the caller pod is never served")
 		out.Reset()
-		before := cpuTicks(b, agentPID)
+		before := harness.CPUOf(b, agentPID)
 		require.NoError(b, sim.RunCommand(b, caller, "main", client(addr, calls, &out)).Wait(), out.String())
-		after := cpuTicks(b, agentPID)
+		after := harness.CPUOf(b, agentPID)
 		line := out.String()
 		i := strings.Index(line, "lat_us ")
 		require.GreaterOrEqual(b, i, 0, line)
@@ -132,7 +122,7 @@ func BenchmarkK8sWorkloadAttestation(b *testing.B) {
 			lat = append(lat, time.Duration(us)*time.Microsecond)
 		}
 		slices.Sort(lat)
-		cpu := time.Duration(after-before) * 10 * time.Millisecond / calls
+		cpu := (after - before) / calls
 		return lat[len(lat)/2], lat[len(lat)*95/100], cpu
 	}
 

@@ -183,6 +183,30 @@ func TestInterruptedIntent(t *testing.T) {
 	}))
 }
 
+// TestFailedIntentRefusesWrites: once applying an intent failed half way,
+// entry writes are refused (until a restart), as a write computed over the
+// partial state would be undone when the intent is finished.
+func TestFailedIntentRefusesWrites(t *testing.T) {
+	ctx := t.Context()
+	s := openSmall(t, t.TempDir())
+	w := &writes{}
+	for _, e := range benchEntries("half", 1_000) {
+		require.NoError(t, putEntry(w, e, dupKey(e)))
+	}
+	w.set(nil, []byte("badger refuses an empty key")) // fails the last chunk
+
+	err := s.commit(w)
+
+	require.ErrorContains(t, err, "restart to finish it")
+	_, err = s.CreateEntries(ctx, benchEntries("later", 1))
+	require.ErrorContains(t, err, "restart to finish it")
+	require.NoError(t, s.db.View(func(txn *badger.Txn) error {
+		found, err := exists(txn, entryKey("later-000000"))
+		require.False(t, found)
+		return err
+	}))
+}
+
 // TestDecodeWritesRejectsJunk: a damaged intent is an error, not a panic.
 func TestDecodeWritesRejectsJunk(t *testing.T) {
 	good := (&writes{ops: []write{{key: []byte("k"), value: []byte("v")}, {key: []byte("d"), delete: true}}}).encode()

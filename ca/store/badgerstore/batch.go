@@ -36,7 +36,15 @@ func (w *writes) del(key []byte)        { w.ops = append(w.ops, write{key: key, 
 // interrupted, so the batch is never half there after a restart; while it
 // is applied, readers wait on s.applying so that they never see half of it.
 // The caller holds s.mu, so no other entry mutation runs meanwhile.
+//
+// If applying fails, the intent stays, and so does what was applied of it:
+// every later commit refuses, because a write computed over that partial
+// state would be overwritten when Open finishes the intent. A restart (Open)
+// completes the batch.
 func (s *Store) commit(w *writes) error {
+	if s.unfinished != nil {
+		return s.unfinished
+	}
 	err := s.db.Update(func(txn *badger.Txn) error { return w.applyTo(txn) })
 	if !errors.Is(err, badger.ErrTxnTooBig) {
 		return err
@@ -50,7 +58,12 @@ func (s *Store) commit(w *writes) error {
 	}
 	s.applying.Lock()
 	defer s.applying.Unlock()
-	return s.applyChunked(w)
+	if err := s.applyChunked(w); err != nil {
+		s.unfinished = fmt.Errorf("a batch was left half applied; restart to finish it: %w", err)
+		s.log.Error("batch write failed half way; entry writes are refused until a restart finishes it", "error", err)
+		return s.unfinished
+	}
+	return nil
 }
 
 // applyTo performs every write in txn.

@@ -31,6 +31,7 @@ func (s *Store) CreateEntries(ctx context.Context, entries []store.Entry) ([]sto
 	ids := make(map[string]struct{}, len(entries))
 	dups := make(map[string]string, len(entries))
 	w := &writes{}
+	// s.mu is held, so no intent is being applied: read without s.applying.
 	err := s.db.View(func(txn *badger.Txn) error {
 		for i, e := range entries {
 			if e.ID == "" {

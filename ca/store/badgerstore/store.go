@@ -77,6 +77,9 @@ type Store struct {
 	applying sync.RWMutex
 	// maxIntent is the largest write intent commit saves, in bytes.
 	maxIntent int
+	// unfinished, once set (under mu), is why entry writes are refused: a
+	// write intent failed half way. See commit.
+	unfinished error
 }
 
 var _ store.Store = (*Store)(nil)
