@@ -63,7 +63,7 @@ func nodeAttestor(cfg Config) NodeAttestor {
 	if cfg.NodeAttestor == k8spsat.Type {
 		return k8spsat.Client{TokenPath: cfg.PSATTokenPath}
 	}
-	return jointoken.Client{Token: cfg.JoinToken}
+	return jointoken.Client{Token: cfg.JoinToken, TokenFile: cfg.JoinTokenFile}
 }
 
 // Run attests (unless a stored SVID is still valid), then follows entries,
@@ -87,11 +87,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.conn = newServerConn(a.cfg.ServerAddress, a.serverID, a.id)
 	defer a.conn.Close()
 	a.cache = NewCache(CacheConfig{
-		Minter:    a.conn,
-		Clock:     a.clock,
-		Logger:    a.log.With("component", "cache"),
-		Metrics:   a.metrics,
-		MaxUnused: a.cfg.SVIDCacheSize,
+		Minter:       a.conn,
+		Clock:        a.clock,
+		Logger:       a.log.With("component", "cache"),
+		Metrics:      a.metrics,
+		MaxUnused:    a.cfg.SVIDCacheSize,
+		JWTCacheSize: a.cfg.JWTCacheSize,
+		JWTMintRate:  a.cfg.JWTMintRate,
+		JWTMintBurst: a.cfg.JWTMintBurst,
 	})
 
 	if err := a.startIdentity(ctx); err != nil {

@@ -12,9 +12,7 @@ import (
 	"log/slog"
 	"math/big"
 	"net/url"
-	"slices"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -50,6 +48,16 @@ type CacheConfig struct {
 	// RetryAfter is how long a failed entry waits before it is minted
 	// again. Default 5s.
 	RetryAfter time.Duration
+	// JWTCacheSize bounds the JWT-SVIDs kept (LRU). Default
+	// DefaultJWTCacheSize.
+	JWTCacheSize int
+	// JWTMintRate and JWTMintBurst bound, per SPIFFE ID, how fast workloads
+	// can make the agent mint fresh JWT-SVIDs (cache misses): JWTMintRate
+	// per second, JWTMintBurst at once. Beyond it FetchJWTSVIDs returns an
+	// error wrapping workloadapi.ErrRateLimited; cached JWT-SVIDs are always
+	// served. Defaults DefaultJWTMintRate, DefaultJWTMintBurst.
+	JWTMintRate  float64
+	JWTMintBurst int
 }
 
 // Cache holds the entries this agent may issue, the trust bundle, and the
@@ -78,8 +86,8 @@ type Cache struct {
 
 	bundleSubs map[chan *spiffebundle.Bundle]struct{}
 
-	jwtMu    sync.Mutex
-	jwts     map[string]cachedJWT
+	jwts     *jwtCache
+	jwtLimit *mintLimiter
 	jwtGroup singleflight.Group
 	jwtBatch *jwtBatcher
 }
@@ -89,11 +97,6 @@ type cachedSVID struct {
 	svid    workloadapi.X509SVID
 	renewAt time.Time
 	elem    *list.Element // in unused, when no subscriber needs it
-}
-
-type cachedJWT struct {
-	svid      workloadapi.JWTSVID
-	refreshAt time.Time
 }
 
 // NewCache returns an empty cache; it serves once the first sync arrived.
@@ -119,6 +122,15 @@ func NewCache(cfg CacheConfig) *Cache {
 	if cfg.RetryAfter == 0 {
 		cfg.RetryAfter = 5 * time.Second
 	}
+	if cfg.JWTCacheSize == 0 {
+		cfg.JWTCacheSize = DefaultJWTCacheSize
+	}
+	if cfg.JWTMintRate == 0 {
+		cfg.JWTMintRate = DefaultJWTMintRate
+	}
+	if cfg.JWTMintBurst == 0 {
+		cfg.JWTMintBurst = DefaultJWTMintBurst
+	}
 	return &Cache{
 		cfg:        cfg,
 		jwtBatch:   newJWTBatcher(cfg.Minter.NewJWTSVIDs),
@@ -134,7 +146,8 @@ func NewCache(cfg CacheConfig) *Cache {
 		failed:     map[string]time.Time{},
 		wake:       make(chan struct{}, 1),
 		bundleSubs: map[chan *spiffebundle.Bundle]struct{}{},
-		jwts:       map[string]cachedJWT{},
+		jwts:       newJWTCache(cfg.JWTCacheSize, cfg.Clock, cfg.Metrics),
+		jwtLimit:   newMintLimiter(cfg.JWTMintRate, cfg.JWTMintBurst, mintLimiterIdentities, cfg.Clock),
 	}
 }
 
@@ -479,8 +492,10 @@ func (c *Cache) Bundle() *spiffebundle.Bundle {
 }
 
 // FetchJWTSVIDs implements workloadapi.Source: one JWT-SVID per identity
-// of the caller (or only id), cached per (entry, audience) until half its
-// lifetime.
+// of the caller (or only id), cached per (entry, SPIFFE ID, audience set)
+// until half its lifetime, within an LRU of JWTCacheSize. A cache miss
+// mints only if the identity's JWTMintRate/JWTMintBurst allows it;
+// otherwise the error wraps workloadapi.ErrRateLimited.
 func (c *Cache) FetchJWTSVIDs(ctx context.Context, selectors []attest.Selector, id spiffeid.ID, audience []string) ([]workloadapi.JWTSVID, error) {
 	if err := c.waitSynced(ctx); err != nil {
 		return nil, err
@@ -497,11 +512,9 @@ func (c *Cache) FetchJWTSVIDs(ctx context.Context, selectors []attest.Selector, 
 		entries = append(entries, e)
 	}
 	sort.Slice(entries, func(i, j int) bool { return entries[i].ID < entries[j].ID })
-	aud := slices.Clone(audience)
-	slices.Sort(aud)
 	out := make([]workloadapi.JWTSVID, 0, len(entries))
 	for _, e := range entries {
-		svid, err := c.jwtFor(ctx, e, audience, e.ID+"\x00"+strings.Join(aud, "\x00"))
+		svid, err := c.jwtFor(ctx, e, audience, jwtKey(e, audience))
 		if err != nil {
 			return nil, err
 		}
@@ -510,32 +523,31 @@ func (c *Cache) FetchJWTSVIDs(ctx context.Context, selectors []attest.Selector, 
 	return out, nil
 }
 
+// jwtFor returns the cached JWT-SVID of key or mints one: concurrent
+// misses of one key share one mint, which takes a token from the
+// identity's rate limit first (spent even if the server then fails, so a
+// failing server is not hammered either).
 func (c *Cache) jwtFor(ctx context.Context, e *entry, audience []string, key string) (workloadapi.JWTSVID, error) {
-	now := c.cfg.Clock.Now()
-	c.jwtMu.Lock()
-	hit, ok := c.jwts[key]
-	c.jwtMu.Unlock()
-	if ok && now.Before(hit.refreshAt) {
-		return hit.svid, nil
+	if svid, ok := c.jwts.get(key); ok {
+		return svid, nil
 	}
 	v, err, _ := c.jwtGroup.Do(key, func() (any, error) {
+		// A flight that just ended may have cached it.
+		if svid, ok := c.jwts.get(key); ok {
+			return svid, nil
+		}
+		if !c.jwtLimit.allow(e.SPIFFEID) {
+			c.cfg.Metrics.jwtMintsLimited.Inc()
+			return nil, fmt.Errorf("agent: fresh JWT-SVIDs for %s beyond %g/s (burst %d): %w",
+				e.SPIFFEID, c.cfg.JWTMintRate, c.cfg.JWTMintBurst, workloadapi.ErrRateLimited)
+		}
 		token, exp, err := c.jwtBatch.Do(ctx, e.ID, audience)
 		c.cfg.Metrics.minted.WithLabelValues("jwt", result(err)).Inc()
 		if err != nil {
 			return nil, err
 		}
 		svid := workloadapi.JWTSVID{ID: e.SPIFFEID, Token: token, Hint: e.Hint, ExpiresAt: exp}
-		issued := c.cfg.Clock.Now()
-		c.jwtMu.Lock()
-		if len(c.jwts) >= 10_000 {
-			for k, v := range c.jwts {
-				if !issued.Before(v.refreshAt) {
-					delete(c.jwts, k)
-				}
-			}
-		}
-		c.jwts[key] = cachedJWT{svid: svid, refreshAt: issued.Add(exp.Sub(issued) / 2)}
-		c.jwtMu.Unlock()
+		c.jwts.put(key, svid, c.cfg.Clock.Now())
 		return svid, nil
 	})
 	if err != nil {

@@ -6,6 +6,8 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"errors"
+	"fmt"
 	"math/big"
 	"sync"
 	"sync/atomic"
@@ -225,4 +227,121 @@ func TestCacheJWTPerAudienceUntilHalfLife(t *testing.T) {
 	clk.Step(151 * time.Second) // past half of 5 min
 	require.NotEqual(t, t1, fetch("x", "y"))
 	require.EqualValues(t, 3, m.jwts.Load())
+}
+
+// startJWTCache starts a cache with one entry for uid:1 (and one for uid:2)
+// and the given JWT settings.
+func startJWTCache(t *testing.T, cacheSize int, perSecond float64, burst int) (*Cache, *testMinter, *clocktesting.FakeClock) {
+	clk := clocktesting.NewFakeClock(time.Now())
+	m := newTestMinter(t, clk)
+	c := NewCache(CacheConfig{Minter: m, Clock: clk, JWTCacheSize: cacheSize, JWTMintRate: perSecond, JWTMintBurst: burst})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = c.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	c.Apply(syncUpdate{Reset: true, Bundle: spiffebundle.New(td), Upserts: []*entry{
+		testEntry("a", "spiffe://example.org/a", 1, "uid:1"),
+		testEntry("b", "spiffe://example.org/b", 1, "uid:2"),
+	}})
+	return c, m, clk
+}
+
+func fetchJWT(c *Cache, uid string, aud ...string) (string, error) {
+	svids, err := c.FetchJWTSVIDs(context.Background(), []attest.Selector{{Type: "unix", Value: uid}}, spiffeid.ID{}, aud)
+	if err != nil {
+		return "", err
+	}
+	if len(svids) != 1 {
+		return "", fmt.Errorf("%d JWT-SVIDs", len(svids))
+	}
+	return svids[0].Token, nil
+}
+
+func TestCacheJWTRateLimitsFreshMints(t *testing.T) {
+	c, m, clk := startJWTCache(t, 100, 2, 5)
+	tokens := map[string]string{}
+	limited := 0
+	for i := range 20 {
+		aud := fmt.Sprintf("aud-%d", i)
+		token, err := fetchJWT(c, "uid:1", aud)
+		if errors.Is(err, workloadapi.ErrRateLimited) {
+			limited++
+			continue
+		}
+		require.NoError(t, err)
+		tokens[aud] = token
+	}
+	require.Len(t, tokens, 5, "the burst")
+	require.Equal(t, 15, limited)
+	require.EqualValues(t, 5, m.jwts.Load(), "refused requests reach no server")
+	require.Equal(t, 15.0, value(t, c.cfg.Metrics.jwtMintsLimited))
+
+	for aud, want := range tokens {
+		got, err := fetchJWT(c, "uid:1", aud)
+		require.NoError(t, err, "cached audiences are served beyond the limit")
+		require.Equal(t, want, got)
+	}
+	_, err := fetchJWT(c, "uid:2", "aud-0")
+	require.NoError(t, err, "another identity has its own limit")
+
+	clk.Step(500 * time.Millisecond) // one token at 2/s
+	_, err = fetchJWT(c, "uid:1", "later-1")
+	require.NoError(t, err)
+	_, err = fetchJWT(c, "uid:1", "later-2")
+	require.ErrorIs(t, err, workloadapi.ErrRateLimited)
+	require.Contains(t, err.Error(), "spiffe://example.org/a")
+	require.EqualValues(t, 7, m.jwts.Load())
+}
+
+func TestCacheJWTCacheIsBounded(t *testing.T) {
+	c, m, _ := startJWTCache(t, 3, 1000, 1000)
+	for i := range 10 {
+		_, err := fetchJWT(c, "uid:1", fmt.Sprintf("aud-%d", i))
+		require.NoError(t, err)
+	}
+	require.Equal(t, 3, c.jwts.len())
+	require.Equal(t, 3.0, value(t, c.cfg.Metrics.jwtCacheEntries))
+	require.Equal(t, 7.0, value(t, c.cfg.Metrics.jwtCacheEvictions))
+	before := m.jwts.Load()
+	_, err := fetchJWT(c, "uid:1", "aud-9")
+	require.NoError(t, err)
+	require.Equal(t, before, m.jwts.Load(), "the most recent is cached")
+	_, err = fetchJWT(c, "uid:1", "aud-0")
+	require.NoError(t, err)
+	require.Equal(t, before+1, m.jwts.Load(), "the oldest was evicted and is minted again")
+}
+
+// TestCacheJWTConcurrentFlood: many callers asking fresh audiences at once
+// get at most the burst minted, and the cache stays within its size.
+func TestCacheJWTConcurrentFlood(t *testing.T) {
+	const size, burst, callers, each = 10, 30, 20, 10
+	c, m, _ := startJWTCache(t, size, 1, burst) // the fake clock stands still: no refill
+	var wg sync.WaitGroup
+	var ok, limited, over atomic.Int64
+	for w := range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				_, err := fetchJWT(c, "uid:1", fmt.Sprintf("aud-%d-%d", w, i), "shared")
+				switch {
+				case err == nil:
+					ok.Add(1)
+				case errors.Is(err, workloadapi.ErrRateLimited):
+					limited.Add(1)
+				default:
+					t.Error(err)
+				}
+				if c.jwts.len() > size {
+					over.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	require.Zero(t, over.Load(), "the cache never held more than its size")
+	require.EqualValues(t, burst, ok.Load())
+	require.EqualValues(t, callers*each-burst, limited.Load())
+	require.EqualValues(t, burst, m.jwts.Load())
+	require.Equal(t, size, c.jwts.len())
 }

@@ -6,6 +6,7 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"time"
@@ -31,7 +32,12 @@ type Config struct {
 	// k8s_psat.
 	NodeAttestor string `yaml:"node_attestor"`
 	// JoinToken is the single-use token for the join_token attestor.
+	// Prefer JoinTokenFile or $TALLY_JOIN_TOKEN: a command-line argument is
+	// readable by every local user (ps) until the agent has used it.
 	JoinToken string `yaml:"join_token"`
+	// JoinTokenFile holds the join token (surrounding whitespace ignored),
+	// read when the agent attests.
+	JoinTokenFile string `yaml:"join_token_file"`
 	// PSATTokenPath is the projected service-account token (audience
 	// tally-server) for the k8s_psat attestor; re-read at every attestation.
 	PSATTokenPath string `yaml:"psat_token_path"`
@@ -57,6 +63,15 @@ type Config struct {
 	// SVIDCacheSize bounds the SVIDs kept for entries no connected workload
 	// uses (LRU). SVIDs of connected workloads are always kept.
 	SVIDCacheSize int `yaml:"svid_cache_size"`
+	// JWTCacheSize bounds the JWT-SVIDs kept, each until half its
+	// lifetime (LRU); > 0.
+	JWTCacheSize int `yaml:"jwt_cache_size"`
+	// JWTMintRate (per second, > 0) and JWTMintBurst (> 0) bound, per
+	// SPIFFE ID, how fast workloads can have the agent mint JWT-SVIDs it
+	// does not have cached (fresh audiences); beyond it FetchJWTSVID is
+	// ResourceExhausted. Cached JWT-SVIDs are always served.
+	JWTMintRate  float64 `yaml:"jwt_mint_rate"`
+	JWTMintBurst int     `yaml:"jwt_mint_burst"`
 	// LogLevel is debug, info, warn or error; LogFormat is json or text.
 	LogLevel  string `yaml:"log_level"`
 	LogFormat string `yaml:"log_format"`
@@ -75,6 +90,9 @@ func DefaultConfig() Config {
 		DataDir:          "./tally-agent-data",
 		HealthAddress:    "127.0.0.1:8082",
 		SVIDCacheSize:    1000,
+		JWTCacheSize:     DefaultJWTCacheSize,
+		JWTMintRate:      DefaultJWTMintRate,
+		JWTMintBurst:     DefaultJWTMintBurst,
 		LogLevel:         "info",
 		LogFormat:        "json",
 	}
@@ -87,7 +105,8 @@ func BindFlags(fs *pflag.FlagSet, c *Config) {
 	fs.StringVar(&c.TrustBundle, "trust-bundle", c.TrustBundle, "PEM file of the server's X.509 authorities")
 	fs.BoolVar(&c.InsecureBootstrap, "insecure-bootstrap", c.InsecureBootstrap, "do not authenticate the server at first attestation (INSECURE)")
 	fs.StringVar(&c.NodeAttestor, "node-attestor", c.NodeAttestor, "node attestor: join_token or k8s_psat")
-	fs.StringVar(&c.JoinToken, "join-token", c.JoinToken, "join token for the join_token attestor")
+	fs.StringVar(&c.JoinToken, "join-token", c.JoinToken, "join token for the join_token attestor (visible to local users in ps: prefer --join-token-file or $TALLY_JOIN_TOKEN)")
+	fs.StringVar(&c.JoinTokenFile, "join-token-file", c.JoinTokenFile, "file holding the join token for the join_token attestor")
 	fs.StringVar(&c.PSATTokenPath, "psat-token-path", c.PSATTokenPath, "projected service-account token for k8s_psat")
 	fs.StringVar(&c.PodSource, "pod-source", c.PodSource, "Kubernetes workload attestation: kubelet or apiserver (empty: off)")
 	fs.StringVar(&c.NodeName, "node-name", c.NodeName, "this node's Kubernetes name (default $NODE_NAME)")
@@ -99,6 +118,9 @@ func BindFlags(fs *pflag.FlagSet, c *Config) {
 	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "directory for the agent SVID, key and bundle")
 	fs.StringVar(&c.HealthAddress, "health-address", c.HealthAddress, "HTTP address of /livez, /readyz, /metrics")
 	fs.IntVar(&c.SVIDCacheSize, "svid-cache-size", c.SVIDCacheSize, "SVIDs kept for entries no connected workload uses (LRU)")
+	fs.IntVar(&c.JWTCacheSize, "jwt-cache-size", c.JWTCacheSize, "JWT-SVIDs kept, each until half its lifetime (LRU)")
+	fs.Float64Var(&c.JWTMintRate, "jwt-mint-rate", c.JWTMintRate, "fresh JWT-SVIDs (not cached) per second per SPIFFE ID; beyond it ResourceExhausted")
+	fs.IntVar(&c.JWTMintBurst, "jwt-mint-burst", c.JWTMintBurst, "fresh JWT-SVIDs a SPIFFE ID may have minted at once, before jwt-mint-rate applies")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "json or text")
 }
@@ -123,6 +145,9 @@ func (c Config) Validate() error {
 	if c.TrustBundle != "" && c.InsecureBootstrap {
 		return errors.New("config: trust_bundle and insecure_bootstrap exclude each other")
 	}
+	if c.JoinToken != "" && c.JoinTokenFile != "" {
+		return errors.New("config: join_token and join_token_file exclude each other")
+	}
 	switch c.NodeAttestor {
 	case "join_token":
 	case "k8s_psat":
@@ -146,6 +171,16 @@ func (c Config) Validate() error {
 	}
 	if c.SVIDCacheSize < 0 {
 		return fmt.Errorf("config: svid_cache_size must not be negative, got %d", c.SVIDCacheSize)
+	}
+	if c.JWTCacheSize <= 0 {
+		return fmt.Errorf("config: jwt_cache_size must be positive, got %d", c.JWTCacheSize)
+	}
+	// !(x > 0) also refuses NaN.
+	if !(c.JWTMintRate > 0) || math.IsInf(c.JWTMintRate, 0) {
+		return fmt.Errorf("config: jwt_mint_rate must be a positive number of JWT-SVIDs per second, got %g", c.JWTMintRate)
+	}
+	if c.JWTMintBurst <= 0 {
+		return fmt.Errorf("config: jwt_mint_burst must be positive, got %d", c.JWTMintBurst)
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

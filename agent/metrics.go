@@ -14,6 +14,10 @@ type Metrics struct {
 	syncUpdates  prometheus.Counter
 	reconnects   prometheus.Counter
 	attestations prometheus.Counter
+
+	jwtCacheEntries   prometheus.Gauge
+	jwtCacheEvictions prometheus.Counter
+	jwtMintsLimited   prometheus.Counter
 }
 
 // NewMetrics registers the agent metrics with reg (nil: not registered).
@@ -44,9 +48,19 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		attestations: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tally_agent_node_attestations_total", Help: "Times this agent attested itself to the server.",
 		}),
+		jwtCacheEntries: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tally_agent_jwt_cache_entries", Help: "JWT-SVIDs cached (at most jwt_cache_size).",
+		}),
+		jwtCacheEvictions: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tally_agent_jwt_cache_evictions_total", Help: "Cached JWT-SVIDs dropped, least recently used first, to stay within jwt_cache_size.",
+		}),
+		jwtMintsLimited: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tally_agent_jwt_mints_limited_total", Help: "JWT-SVID requests refused (ResourceExhausted) because their identity asked for fresh audiences beyond jwt_mint_rate and jwt_mint_burst.",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.rotations, m.minted, m.firstSVID, m.syncLag, m.syncUpdates, m.reconnects, m.attestations)
+		reg.MustRegister(m.rotations, m.minted, m.firstSVID, m.syncLag, m.syncUpdates, m.reconnects, m.attestations,
+			m.jwtCacheEntries, m.jwtCacheEvictions, m.jwtMintsLimited)
 	}
 	return m
 }

@@ -17,10 +17,10 @@ import (
 // and joins their selectors; any failure refuses the caller.
 type workloadAttestors []workloadapi.Attestor
 
-func (w workloadAttestors) Attest(ctx context.Context, pid int32) ([]attest.Selector, error) {
+func (w workloadAttestors) Attest(ctx context.Context, p attest.Process) ([]attest.Selector, error) {
 	var out []attest.Selector
 	for _, a := range w {
-		sels, err := a.Attest(ctx, pid)
+		sels, err := a.Attest(ctx, p)
 		if err != nil {
 			return nil, err
 		}

@@ -19,6 +19,19 @@ var ErrDenied = errors.New("attest: denied")
 // so no single identity can be told. Callers map it to FailedPrecondition.
 var ErrAmbiguous = errors.New("attest: ambiguous workload")
 
+// Process is a workload process that called the agent, as the agent saw it
+// when it accepted the connection.
+type Process struct {
+	// PID is the process ID in the agent's PID namespace.
+	PID int32
+	// Exe is the path of the program the process ran when it connected, as
+	// /proc/<pid>/exe showed it then; "" if it could not be read. Whoever
+	// passes a Process checks that the process still runs that program
+	// (peercred.Pin.Alive): an attestor derives the executable from Exe and
+	// never reads it again, so what it describes is what connected.
+	Exe string
+}
+
 // Selector is "type:value" describing a node or workload.
 type Selector struct {
 	Type  string

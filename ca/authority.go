@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/smallstep/certificates/cas/apiv1"
 	"github.com/smallstep/certificates/cas/softcas"
@@ -29,6 +30,7 @@ const (
 	logKeyNotAfter = "not_after"
 	logKeySequence = "sequence"
 	logKeyPath     = "path"
+	logKeySubject  = "subject"
 	logKeyError    = "error"
 	logKeyRetryIn  = "retry_in"
 )
@@ -54,6 +56,8 @@ type Authority struct {
 	bundle atomic.Pointer[spiffebundle.Bundle]
 	infos  atomic.Pointer[[]SlotInfo]
 	subs   subscribers
+
+	upstreamNotAfter atomic.Pointer[time.Time] // see UpstreamNotAfter
 }
 
 // New validates cfg, loads the journal and the keys it names from KeyDir, or
@@ -204,6 +208,18 @@ func (a *Authority) Slots() []SlotInfo {
 	out := make([]SlotInfo, len(infos))
 	copy(out, infos)
 	return out
+}
+
+// UpstreamNotAfter is when the first certificate of the upstream chain
+// expires (the upstream CA, its intermediates or the root, whichever is
+// first), as read from UpstreamCertFile at start and for every new X.509
+// key; no X.509 key or SVID outlives the chain it was made with. It is the
+// zero time without an upstream CA. Safe for concurrent use.
+func (a *Authority) UpstreamNotAfter() time.Time {
+	if t := a.upstreamNotAfter.Load(); t != nil {
+		return *t
+	}
+	return time.Time{}
 }
 
 // TrustDomain is the trust domain the authority signs for.

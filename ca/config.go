@@ -60,7 +60,12 @@ type Config struct {
 	// the bundle; and the PEM private key of the first certificate. The
 	// authority's X.509 keys then get intermediate certificates signed by it.
 	// The files are read again every time a new X.509 key is made, so a
-	// rotated upstream CA is picked up without a restart.
+	// rotated upstream CA is picked up without a restart. An X.509 key, and
+	// every SVID it signs, ends no later than the first certificate of the
+	// chain to expire; a key cut short that way rotates on its actual
+	// lifetime (a warning is logged and UpstreamNotAfter reports the
+	// expiry). A chain with a certificate not yet valid, expired, or
+	// expiring within X509SVIDTTL is refused.
 	UpstreamCertFile string
 	UpstreamKeyFile  string
 

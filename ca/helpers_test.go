@@ -173,6 +173,7 @@ func uris(t testing.TB, ss ...string) []*url.URL {
 // intermediate that holds the key given to the authority.
 type testUpstream struct {
 	root     *x509.Certificate
+	rootKey  *ecdsa.PrivateKey
 	certs    []*x509.Certificate // as written to the cert file: signing CA first, root last
 	certFile string
 	keyFile  string
@@ -180,43 +181,43 @@ type testUpstream struct {
 
 func newTestUpstream(t testing.TB, dir string, notBefore, notAfter time.Time, withIntermediate bool) *testUpstream {
 	t.Helper()
-	serial := func() *big.Int {
-		n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 64))
-		require.NoError(t, err)
-		return n
+	var interNotAfter time.Time
+	if withIntermediate {
+		interNotAfter = notAfter
 	}
+	return newTestUpstreamChain(t, dir, notBefore, notAfter, interNotAfter)
+}
+
+// newTestUpstreamChain writes an upstream CA whose root and intermediate
+// expire at different times; a zero interNotAfter means no intermediate (the
+// root signs).
+func newTestUpstreamChain(t testing.TB, dir string, notBefore, rootNotAfter, interNotAfter time.Time) *testUpstream {
+	t.Helper()
 	rootKey := newKey(t)
 	rootTmpl := &x509.Certificate{
-		SerialNumber:          serial(),
-		Subject:               pkix.Name{Organization: []string{"Upstream"}, CommonName: "upstream root " + serial().String()},
+		SerialNumber:          testSerial(t),
+		Subject:               pkix.Name{Organization: []string{"Upstream"}, CommonName: "upstream root " + testSerial(t).String()},
 		NotBefore:             notBefore,
-		NotAfter:              notAfter,
+		NotAfter:              rootNotAfter,
 		IsCA:                  true,
 		BasicConstraintsValid: true,
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, rootTmpl, rootTmpl, rootKey.Public(), rootKey)
-	require.NoError(t, err)
-	root, err := x509.ParseCertificate(der)
-	require.NoError(t, err)
-	u := &testUpstream{root: root, certs: []*x509.Certificate{root}}
+	root := createTestCert(t, rootTmpl, rootTmpl, rootKey.Public(), rootKey)
+	u := &testUpstream{root: root, rootKey: rootKey, certs: []*x509.Certificate{root}}
 	signKey := rootKey
-	if withIntermediate {
+	if !interNotAfter.IsZero() {
 		signKey = newKey(t)
 		tmpl := &x509.Certificate{
-			SerialNumber:          serial(),
+			SerialNumber:          testSerial(t),
 			Subject:               pkix.Name{Organization: []string{"Upstream"}, CommonName: "upstream intermediate"},
 			NotBefore:             notBefore,
-			NotAfter:              notAfter,
+			NotAfter:              interNotAfter,
 			IsCA:                  true,
 			BasicConstraintsValid: true,
 			KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, root, signKey.Public(), rootKey)
-		require.NoError(t, err)
-		inter, err := x509.ParseCertificate(der)
-		require.NoError(t, err)
-		u.certs = []*x509.Certificate{inter, root}
+		u.certs = []*x509.Certificate{createTestCert(t, tmpl, root, signKey.Public(), rootKey), root}
 	}
 	var certPEM []byte
 	for _, c := range u.certs {
@@ -229,6 +230,38 @@ func newTestUpstream(t testing.TB, dir string, notBefore, notAfter time.Time, wi
 	require.NoError(t, os.WriteFile(u.certFile, certPEM, 0o644))
 	require.NoError(t, os.WriteFile(u.keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600))
 	return u
+}
+
+// reissueRoot returns the upstream root again, same subject and key, valid
+// until notAfter: what an upstream CA hands out when it renews its root.
+func (u *testUpstream) reissueRoot(t testing.TB, notAfter time.Time) *x509.Certificate {
+	t.Helper()
+	tmpl := &x509.Certificate{
+		SerialNumber:          testSerial(t),
+		Subject:               u.root.Subject,
+		NotBefore:             u.root.NotBefore,
+		NotAfter:              notAfter,
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              u.root.KeyUsage,
+	}
+	return createTestCert(t, tmpl, tmpl, u.rootKey.Public(), u.rootKey)
+}
+
+func createTestCert(t testing.TB, tmpl, parent *x509.Certificate, pub crypto.PublicKey, key crypto.Signer) *x509.Certificate {
+	t.Helper()
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, key)
+	require.NoError(t, err)
+	cert, err := x509.ParseCertificate(der)
+	require.NoError(t, err)
+	return cert
+}
+
+func testSerial(t testing.TB) *big.Int {
+	t.Helper()
+	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 64))
+	require.NoError(t, err)
+	return n
 }
 
 var errInjected = errors.New("injected failure")

@@ -174,7 +174,9 @@ func parseJournalSlot(td spiffeid.TrustDomain, js journalSlot) (*slot, error) {
 			}
 			s.upstream = append(s.upstream, c)
 		}
-		s.notBefore, s.notAfter = cert.NotBefore, cert.NotAfter
+		// A slot made before its lifetime was capped by the upstream chain
+		// may hold a certificate that outlives it: it ends with the chain.
+		s.notBefore, s.notAfter = cert.NotBefore, s.chainNotAfter()
 	case KindJWT:
 		pub, err := x509.ParsePKIXPublicKey(js.PublicKeyDER)
 		if err != nil {

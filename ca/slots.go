@@ -52,7 +52,7 @@ type slot struct {
 	keyFile     string // base name in KeyDir; empty once the key is no longer needed
 	createdAt   time.Time
 	notBefore   time.Time
-	notAfter    time.Time
+	notAfter    time.Time // x509: chainNotAfter; nothing the slot signs outlives it
 	activatedAt time.Time
 
 	cert     *x509.Certificate   // x509: the CA certificate of this key
@@ -78,6 +78,12 @@ func (s *slot) anchor() *x509.Certificate {
 		return s.upstream[len(s.upstream)-1]
 	}
 	return s.cert
+}
+
+// chainNotAfter is when the first certificate of this X.509 slot's chain,
+// from its CA certificate up to and including the trust anchor, expires.
+func (s *slot) chainNotAfter() time.Time {
+	return firstToExpire(append([]*x509.Certificate{s.cert}, s.upstream...)).NotAfter
 }
 
 // intermediates are the certificates sent after a leaf signed by this slot.

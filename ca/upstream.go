@@ -18,12 +18,21 @@ type upstreamCA struct {
 	signer crypto.Signer
 }
 
+// notAfter is when the first certificate of the chain expires: nothing that
+// chains through it verifies after that.
+func (u *upstreamCA) notAfter() time.Time { return firstToExpire(u.certs).NotAfter }
+
 // loadUpstream reads UpstreamCertFile and UpstreamKeyFile (the key through
-// softkms) and checks they form a usable CA at now.
+// softkms) and checks they form a usable CA at now: the first certificate is
+// a CA matching the key, and every certificate of the chain is valid now and
+// still for X509SVIDTTL. It records the chain's expiry for UpstreamNotAfter,
+// and warns if the chain expires within CATTL, since the X.509 keys it signs
+// are then shortened.
 func (a *Authority) loadUpstream(now time.Time) (*upstreamCA, error) {
-	certs, err := pemutil.ReadCertificateBundle(a.cfg.UpstreamCertFile)
+	file := a.cfg.UpstreamCertFile
+	certs, err := pemutil.ReadCertificateBundle(file)
 	if err != nil {
-		return nil, fmt.Errorf("ca: upstream certificate %s: %w", a.cfg.UpstreamCertFile, err)
+		return nil, fmt.Errorf("ca: upstream certificate %s: %w", file, err)
 	}
 	signer, err := a.kms.CreateSigner(&kmsapi.CreateSignerRequest{SigningKey: a.cfg.UpstreamKeyFile})
 	if err != nil {
@@ -32,18 +41,32 @@ func (a *Authority) loadUpstream(now time.Time) (*upstreamCA, error) {
 	ca := certs[0]
 	switch {
 	case !ca.BasicConstraintsValid || !ca.IsCA:
-		return nil, fmt.Errorf("ca: upstream certificate %s is not a CA certificate", a.cfg.UpstreamCertFile)
+		return nil, fmt.Errorf("ca: upstream certificate %s is not a CA certificate", file)
 	case ca.KeyUsage != 0 && ca.KeyUsage&x509.KeyUsageCertSign == 0:
-		return nil, fmt.Errorf("ca: upstream certificate %s lacks keyCertSign", a.cfg.UpstreamCertFile)
+		return nil, fmt.Errorf("ca: upstream certificate %s lacks keyCertSign", file)
 	case !publicKeysEqual(signer.Public(), ca.PublicKey):
-		return nil, fmt.Errorf("ca: upstream key %s does not match certificate %s", a.cfg.UpstreamKeyFile, a.cfg.UpstreamCertFile)
-	case now.Before(ca.NotBefore):
-		return nil, fmt.Errorf("ca: upstream certificate %s is not valid before %s", a.cfg.UpstreamCertFile, ca.NotBefore)
-	case !now.Add(a.cfg.X509SVIDTTL).Before(ca.NotAfter):
-		return nil, fmt.Errorf("ca: upstream certificate %s expires at %s, before an X509-SVID issued now would (X509SVIDTTL %s)",
-			a.cfg.UpstreamCertFile, ca.NotAfter, a.cfg.X509SVIDTTL)
+		return nil, fmt.Errorf("ca: upstream key %s does not match certificate %s", a.cfg.UpstreamKeyFile, file)
 	}
-	return &upstreamCA{certs: certs, signer: signer}, nil
+	up := &upstreamCA{certs: certs, signer: signer}
+	notAfter := up.notAfter()
+	a.upstreamNotAfter.Store(&notAfter)
+	for i, c := range certs {
+		name := fmt.Sprintf("certificate %d of %d (%s)", i+1, len(certs), c.Subject)
+		switch {
+		case now.Before(c.NotBefore):
+			return nil, fmt.Errorf("ca: upstream certificate %s: %s is not valid before %s", file, name, c.NotBefore)
+		case !now.Before(c.NotAfter):
+			return nil, fmt.Errorf("ca: upstream certificate %s: %s expired at %s", file, name, c.NotAfter)
+		case !now.Add(a.cfg.X509SVIDTTL).Before(c.NotAfter):
+			return nil, fmt.Errorf("ca: upstream certificate %s: %s expires at %s, before an X509-SVID issued now would (X509SVIDTTL %s)",
+				file, name, c.NotAfter, a.cfg.X509SVIDTTL)
+		}
+	}
+	if notAfter.Before(now.Add(a.cfg.CATTL)) {
+		a.log.Warn("ca upstream chain expires within CATTL; x509 keys end with it",
+			logKeyPath, file, logKeySubject, firstToExpire(certs).Subject.String(), logKeyNotAfter, notAfter)
+	}
+	return up, nil
 }
 
 // verify checks that cert chains to the upstream anchor at now.
@@ -64,4 +87,16 @@ func (u *upstreamCA) verify(cert *x509.Certificate, now time.Time) error {
 		return fmt.Errorf("ca: intermediate does not verify against the upstream chain: %w", err)
 	}
 	return nil
+}
+
+// firstToExpire returns the certificate of chain, which is not empty, that
+// expires first.
+func firstToExpire(chain []*x509.Certificate) *x509.Certificate {
+	first := chain[0]
+	for _, c := range chain[1:] {
+		if c.NotAfter.Before(first.NotAfter) {
+			first = c
+		}
+	}
+	return first
 }

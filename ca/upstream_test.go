@@ -1,8 +1,12 @@
 package ca
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"log/slog"
 	"os"
 	"testing"
 	"time"
@@ -122,7 +126,19 @@ func TestUpstreamRefused(t *testing.T) {
 		{"expired", func(t *testing.T) (string, string) {
 			u := newTestUpstream(t, t.TempDir(), now.Add(-48*time.Hour), now.Add(-time.Hour), false)
 			return u.certFile, u.keyFile
-		}, "expires at"},
+		}, "expired at"},
+		{"root expired, intermediate valid", func(t *testing.T) (string, string) {
+			u := newTestUpstreamChain(t, t.TempDir(), now.Add(-48*time.Hour), now.Add(-time.Hour), now.Add(48*time.Hour))
+			return u.certFile, u.keyFile
+		}, "certificate 2 of 2 (CN=upstream root"},
+		{"root expires before an x509-svid would", func(t *testing.T) (string, string) {
+			u := newTestUpstreamChain(t, t.TempDir(), now.Add(-time.Hour), now.Add(30*time.Minute), now.Add(48*time.Hour))
+			return u.certFile, u.keyFile
+		}, "expires at " + now.Add(30*time.Minute).UTC().String()},
+		{"root not valid yet", func(t *testing.T) (string, string) {
+			u := newTestUpstreamChain(t, t.TempDir(), now.Add(time.Hour), now.Add(48*time.Hour), now.Add(48*time.Hour))
+			return u.certFile, u.keyFile
+		}, "is not valid before"},
 		{"key mismatch", func(t *testing.T) (string, string) {
 			a := newTestUpstream(t, t.TempDir(), now.Add(-time.Hour), now.Add(time.Hour*48), false)
 			b := newTestUpstream(t, t.TempDir(), now.Add(-time.Hour), now.Add(time.Hour*48), false)
@@ -147,4 +163,149 @@ func TestUpstreamRefused(t *testing.T) {
 			assert.Contains(t, err.Error(), tc.want)
 		})
 	}
+}
+
+// TestAttackLeafOutlivesUpstreamRoot: the upstream bundle is [intermediate
+// valid 48h, root valid 2h], the cross-signed-root pattern that broke clients
+// when an old root expired in 2021. Nothing the authority makes may outlive
+// the root: not the slot's intermediate, not a 4h X509-SVID, whose chain
+// verifies until its last second. The slot is shortened to end with the root,
+// so rotation prepares and activates the next one, from the upstream CA on
+// disk, before the root expires. The start warns, and the expiry is exposed
+// for the metrics.
+func TestAttackLeafOutlivesUpstreamRoot(t *testing.T) {
+	ctx := context.Background()
+	now := time.Now().Truncate(time.Second)
+	dir := t.TempDir()
+	up := newTestUpstreamChain(t, dir, now.Add(-time.Hour), now.Add(2*time.Hour), now.Add(48*time.Hour))
+	rootExpiry := up.root.NotAfter
+	var logs bytes.Buffer
+	e := newTestEnvAt(t, now, func(c *Config) {
+		c.UpstreamCertFile, c.UpstreamKeyFile = up.certFile, up.keyFile
+		c.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
+	})
+	id := mustID(t, "spiffe://example.org/w")
+
+	x1 := activeSlot(t, e.a, KindX509)
+	assert.False(t, x1.cert.NotAfter.After(rootExpiry), "slot intermediate expires at %s, after the upstream root (%s)", x1.cert.NotAfter, rootExpiry)
+	assert.Equal(t, rootExpiry, x1.notAfter, "the slot ends with the upstream root")
+
+	chain, err := e.a.SignX509SVID(ctx, X509SVIDParams{PublicKey: newKey(t).Public(), ID: id, TTL: 4 * time.Hour})
+	require.NoError(t, err)
+	leaf := chain[0]
+	assert.False(t, leaf.NotAfter.After(rootExpiry), "leaf expires at %s, after the upstream root (%s)", leaf.NotAfter, rootExpiry)
+	_, _, err = x509svid.Verify(chain, e.a.Bundle(), x509svid.WithTime(leaf.NotAfter.Add(-time.Second)))
+	require.NoError(t, err, "the chain verifies until the leaf expires")
+
+	// Warned at start, naming the root; exposed for the metrics.
+	assert.Contains(t, logs.String(), `"msg":"ca upstream chain expires within CATTL; x509 keys end with it"`)
+	assert.Contains(t, logs.String(), `"subject":"`+up.root.Subject.String()+`"`)
+	assert.Contains(t, logs.String(), `"not_after":"`+rootExpiry.UTC().Format(time.RFC3339)+`"`)
+	assert.Equal(t, rootExpiry, e.a.UpstreamNotAfter())
+
+	// The operator installs a new upstream CA; rotation picks it up at half
+	// of the shortened slot's life, and hands over before the root expires.
+	up2 := newTestUpstreamChain(t, dir, now.Add(-time.Hour), now.Add(72*time.Hour), now.Add(72*time.Hour))
+	require.Equal(t, x1.createdAt.Add(rootExpiry.Sub(x1.createdAt)/2), x1.prepareAt())
+	e.clock.SetTime(x1.prepareAt())
+	e.tick(t)
+	assertStatuses(t, e.a, KindX509, StatusActive, StatusPrepared)
+	x2 := preparedSlot(t, e.a, KindX509)
+	require.NoError(t, x2.cert.CheckSignatureFrom(up2.certs[0]), "the new upstream CA signs")
+	assert.Equal(t, up2.root.NotAfter, e.a.UpstreamNotAfter())
+
+	handover := e.a.activateAt(x1, x2)
+	require.True(t, handover.Before(rootExpiry), "handover at %s, root expires at %s", handover, rootExpiry)
+	e.clock.SetTime(handover)
+	e.tick(t)
+	assertStatuses(t, e.a, KindX509, StatusOld, StatusActive)
+	chain, err = e.a.SignX509SVID(ctx, X509SVIDParams{PublicKey: newKey(t).Public(), ID: id, TTL: 4 * time.Hour})
+	require.NoError(t, err)
+	_, _, err = x509svid.Verify(chain, e.a.Bundle(), x509svid.WithTime(rootExpiry.Add(time.Hour)))
+	require.NoError(t, err, "SVIDs issued after the handover verify once the old root has expired")
+
+	// The old root leaves the bundle when it expires.
+	e.clock.SetTime(rootExpiry)
+	e.tick(t)
+	assertStatuses(t, e.a, KindX509, StatusActive)
+	auth := e.a.Bundle().X509Authorities()
+	require.Len(t, auth, 1)
+	assert.Equal(t, up2.root.Raw, auth[0].Raw)
+}
+
+// TestAttackLeafOutlivesUpstreamRootAfterUpgrade: a slot made before the cap
+// existed, recorded in the journal with an intermediate that outlives the
+// upstream root (here a root renewed with a shorter validity). After a
+// restart the slot ends with the root, and so do the SVIDs it signs.
+func TestAttackLeafOutlivesUpstreamRootAfterUpgrade(t *testing.T) {
+	now := time.Now().Truncate(time.Second)
+	up := newTestUpstreamChain(t, t.TempDir(), now.Add(-time.Hour), now.Add(48*time.Hour), now.Add(48*time.Hour))
+	e := newTestEnvAt(t, now, func(c *Config) {
+		c.UpstreamCertFile, c.UpstreamKeyFile = up.certFile, up.keyFile
+	})
+	require.WithinDuration(t, now.Add(DefaultCATTL), caOf(t, e.a).NotAfter, 0)
+
+	shortRoot := up.reissueRoot(t, now.Add(2*time.Hour))
+	replaceJournalAnchor(t, e.journal, shortRoot)
+	var certPEM []byte
+	for _, c := range []*x509.Certificate{up.certs[0], shortRoot} {
+		certPEM = append(certPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	require.NoError(t, os.WriteFile(up.certFile, certPEM, 0o644))
+	e.restart(t)
+
+	x := activeSlot(t, e.a, KindX509)
+	assert.WithinDuration(t, now.Add(DefaultCATTL), x.cert.NotAfter, 0, "the journal's intermediate")
+	assert.Equal(t, shortRoot.NotAfter, x.notAfter, "the slot ends with the upstream root")
+	chain, err := e.a.SignX509SVID(context.Background(), X509SVIDParams{
+		PublicKey: newKey(t).Public(), ID: mustID(t, "spiffe://example.org/w"), TTL: 4 * time.Hour,
+	})
+	require.NoError(t, err)
+	leaf := chain[0]
+	assert.False(t, leaf.NotAfter.After(shortRoot.NotAfter), "leaf expires at %s, after the upstream root (%s)", leaf.NotAfter, shortRoot.NotAfter)
+	_, _, err = x509svid.Verify(chain, e.a.Bundle(), x509svid.WithTime(leaf.NotAfter.Add(-time.Second)))
+	require.NoError(t, err)
+}
+
+// replaceJournalAnchor rewrites the journal so that every x509 slot's
+// upstream chain ends with root.
+func replaceJournalAnchor(t *testing.T, j *memJournal, root *x509.Certificate) {
+	t.Helper()
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	var doc journalDoc
+	require.NoError(t, json.Unmarshal(j.journal, &doc))
+	for i := range doc.Slots {
+		if up := doc.Slots[i].UpstreamDER; len(up) > 0 {
+			up[len(up)-1] = root.Raw
+		}
+	}
+	data, err := json.Marshal(doc)
+	require.NoError(t, err)
+	j.journal = data
+}
+
+// TestUpstreamRootNotReplaced: the upstream root expires in 2h and nobody
+// replaces it. At half of the shortened slot's life no successor fits before
+// the root expires (it would end within X509SVIDTTL), so the rotation step
+// fails naming the root; the active key keeps signing SVIDs that end with
+// the root.
+func TestUpstreamRootNotReplaced(t *testing.T) {
+	now := time.Now().Truncate(time.Second)
+	up := newTestUpstreamChain(t, t.TempDir(), now.Add(-time.Hour), now.Add(2*time.Hour), now.Add(48*time.Hour))
+	e := newTestEnvAt(t, now, func(c *Config) {
+		c.UpstreamCertFile, c.UpstreamKeyFile = up.certFile, up.keyFile
+	})
+	x := activeSlot(t, e.a, KindX509)
+	e.clock.SetTime(x.prepareAt())
+	_, err := e.a.tick(context.Background())
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "("+up.root.Subject.String()+") expires at "+up.root.NotAfter.String())
+	assertStatuses(t, e.a, KindX509, StatusActive)
+
+	chain, err := e.a.SignX509SVID(context.Background(), X509SVIDParams{
+		PublicKey: newKey(t).Public(), ID: mustID(t, "spiffe://example.org/w"), TTL: 4 * time.Hour,
+	})
+	require.NoError(t, err)
+	assert.Equal(t, up.root.NotAfter, chain[0].NotAfter)
 }

@@ -45,7 +45,9 @@ type X509SVIDParams struct {
 	// it fits (64 characters).
 	DNSNames []string
 	// TTL is the lifetime; 0 means Config.X509SVIDTTL; at most CATTL/6.
-	// The certificate never outlives the CA certificate that signs it.
+	// The certificate never outlives any certificate of its chain: the CA
+	// certificate that signs it and, in upstream mode, every upstream
+	// certificate up to and including the trust anchor.
 	TTL time.Duration
 }
 
@@ -135,7 +137,8 @@ func (a *Authority) SignX509SVID(ctx context.Context, p X509SVIDParams) (chain [
 
 // newX509Slot makes a new X.509 CA key and certificate, self-signed or
 // signed by the upstream CA, and writes the key to KeyDir. The slot is
-// PREPARED.
+// PREPARED. Its certificate is valid for CATTL, or until the upstream chain
+// expires if that is sooner; rotation then follows the shortened lifetime.
 func (a *Authority) newX509Slot(now time.Time) (*slot, error) {
 	notAfter := now.Add(a.cfg.CATTL)
 	req := &apiv1.CreateCertificateAuthorityRequest{
@@ -151,10 +154,8 @@ func (a *Authority) newX509Slot(now time.Time) (*slot, error) {
 		if up, err = a.loadUpstream(now); err != nil {
 			return nil, err
 		}
-		if upNotAfter := up.certs[0].NotAfter; upNotAfter.Before(notAfter) {
-			a.log.Warn("ca upstream certificate expires before CATTL; x509 key lifetime capped",
-				logKeyNotAfter, upNotAfter)
-			notAfter = upNotAfter
+		if upNotAfter := up.notAfter(); upNotAfter.Before(notAfter) {
+			notAfter = upNotAfter // loadUpstream warned
 		}
 		req.Type = apiv1.IntermediateCA
 		req.Parent = &apiv1.CreateCertificateAuthorityResponse{
@@ -175,7 +176,6 @@ func (a *Authority) newX509Slot(now time.Time) (*slot, error) {
 		id:        hex.EncodeToString(cert.SubjectKeyId),
 		createdAt: now,
 		notBefore: cert.NotBefore,
-		notAfter:  cert.NotAfter,
 		cert:      cert,
 		signer:    resp.Signer,
 	}
@@ -185,6 +185,7 @@ func (a *Authority) newX509Slot(now time.Time) (*slot, error) {
 		}
 		s.upstream = up.certs
 	}
+	s.notAfter = s.chainNotAfter()
 	if s.keyFile, err = a.writeKey(KindX509, resp.PrivateKey); err != nil {
 		return nil, err
 	}

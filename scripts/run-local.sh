@@ -37,9 +37,10 @@ export TALLY_ADMIN_SOCKET=$ADMIN
 
 NODE=spiffe://example.org/demo/node
 TOKEN=$("$BIN/tallyctl" token generate --spiffe-id "$NODE" -o json | sed -n 's/.*"token": *"\([^"]*\)".*/\1/p')
+(umask 077 && printf '%s\n' "$TOKEN" >"$DIR/join-token") # a file, not an argument: ps shows arguments to every user
 "$BIN/tallyctl" bundle show --format pem >"$DIR/bundle.pem"
 "$BIN/tally-agent" run --trust-domain example.org --server-address "$NODE_ADDR" --trust-bundle "$DIR/bundle.pem" \
-  --join-token "$TOKEN" --socket-path "$AGENT_SOCK" --data-dir "$DIR/agent-data" --health-address "$AGENT_HEALTH_ADDR" \
+  --join-token-file "$DIR/join-token" --socket-path "$AGENT_SOCK" --data-dir "$DIR/agent-data" --health-address "$AGENT_HEALTH_ADDR" \
   --log-format text >"$DIR/agent.log" 2>&1 &
 PIDS+=($!)
 wait_for "the agent" curl -sf "http://$AGENT_HEALTH_ADDR/readyz"

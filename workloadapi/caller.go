@@ -33,9 +33,10 @@ type caller struct {
 
 // attest identifies the caller of ctx: the peer credentials of its
 // connection, the Attestor's selectors for its PID, and then a check that
-// the PID still names the process that connected (the pin); otherwise the
-// selectors could describe a process that took the PID over, and the error
-// wraps peercred.ErrProcessGone. log is log with the caller's PID.
+// the PID still names the process that connected, running the program it
+// ran then (the pin); otherwise the selectors could describe a process that
+// took the PID over (the error wraps peercred.ErrProcessGone) or a program
+// the process executed after connecting (peercred.ErrExecuted). log is log with the caller's PID.
 func (s *Server) attest(ctx context.Context, log *slog.Logger) (caller, *slog.Logger, error) {
 	info, err := peercred.FromContext(ctx)
 	if err != nil {
@@ -51,7 +52,7 @@ func (s *Server) attest(ctx context.Context, log *slog.Logger) (caller, *slog.Lo
 		s.cfg.Metrics.attested(attestProcessGone)
 		return caller{}, log, err
 	}
-	sels, aerr := s.cfg.Attestor.Attest(ctx, info.PID)
+	sels, aerr := s.cfg.Attestor.Attest(ctx, attest.Process{PID: info.PID, Exe: info.Pin.Exe()})
 	// What the attestor read is about the caller only if the PID still
 	// names the process that connected.
 	if err := info.Pin.Alive(); err != nil {

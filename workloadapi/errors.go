@@ -2,6 +2,11 @@ package workloadapi
 
 import "errors"
 
+// ErrRateLimited is what a Source wraps when it refuses a request because
+// the caller asked for too much too fast (fresh JWT-SVIDs, say); the
+// workload gets ResourceExhausted and can retry later.
+var ErrRateLimited = errors.New("rate limit exceeded")
+
 // Errors the handlers return; toStatus maps them to gRPC codes.
 var (
 	errMissingHeader = errors.New("security header missing from request")

@@ -14,7 +14,9 @@ import (
 
 // FetchJWTSVID returns a JWT-SVID for the requested audience for each of the
 // caller's identities, or only for spiffe_id if set. No audience or a
-// malformed spiffe_id is InvalidArgument; no identity is PermissionDenied.
+// malformed spiffe_id is InvalidArgument; no identity is PermissionDenied;
+// a Source refusal wrapping ErrRateLimited (too many fresh audiences) is
+// ResourceExhausted.
 // Of SVIDs with the same non-empty hint only the first is returned.
 func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest) (*workload.JWTSVIDResponse, error) {
 	log := s.log.With(logKeyMethod, "FetchJWTSVID")

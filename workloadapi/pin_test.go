@@ -258,7 +258,9 @@ func TestPIDReuseGuard(t *testing.T) {
 		impostor := peercredtest.ReusePID(t, pid)
 		require.Equal(t, pid, impostor.Process.Pid)
 		// Attestation alone would take the impostor for the caller.
-		sels, err := real.Attest(context.Background(), int32(pid))
+		exe, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe")
+		require.NoError(t, err)
+		sels, err := real.Attest(context.Background(), attest.Process{PID: int32(pid), Exe: exe})
 		require.NoError(t, err)
 		require.Contains(t, sels, unixSel("path:/usr/bin/sleep"))
 
@@ -278,9 +280,10 @@ func TestPIDReuseGuard(t *testing.T) {
 		var attested []attest.Selector
 		var reuseErr error
 		var connector *exec.Cmd
-		attestor := attestorFunc(func(ctx context.Context, pid int32) ([]attest.Selector, error) {
+		attestor := attestorFunc(func(ctx context.Context, p attest.Process) ([]attest.Selector, error) {
+			pid := p.PID
 			if pid != target.Load() {
-				return real.Attest(ctx, pid)
+				return real.Attest(ctx, p)
 			}
 			mu.Lock()
 			defer mu.Unlock()
@@ -295,7 +298,9 @@ func TestPIDReuseGuard(t *testing.T) {
 					impostor.Wait()
 				})
 			}
-			attested, err = real.Attest(ctx, pid)
+			// What the impostor runs, as a fresh read of /proc shows it.
+			exe, _ := os.Readlink("/proc/" + strconv.Itoa(int(pid)) + "/exe")
+			attested, err = real.Attest(ctx, attest.Process{PID: pid, Exe: exe})
 			return attested, err
 		})
 		e := startServer(t, src, withAttestor(attestor))

@@ -83,7 +83,7 @@ var calls = map[string]func(context.Context, workload.SpiffeWorkloadAPIClient) e
 func TestSecurityHeaderRequired(t *testing.T) {
 	ca := newTestCA(t)
 	// The attestor must never be reached without the header.
-	attestor := attestorFunc(func(context.Context, int32) ([]attest.Selector, error) {
+	attestor := attestorFunc(func(context.Context, attest.Process) ([]attest.Selector, error) {
 		panic("attested a call without the security header")
 	})
 	e := startServer(t, newTestSource(ca, appEntries(t, ca)...), withAttestor(attestor))
@@ -356,10 +356,10 @@ func TestValidateJWTSVIDNoBundle(t *testing.T) {
 	requireCode(t, err, codes.Unavailable, "trust bundle not available yet")
 }
 
-type attestorFunc func(context.Context, int32) ([]attest.Selector, error)
+type attestorFunc func(context.Context, attest.Process) ([]attest.Selector, error)
 
-func (f attestorFunc) Attest(ctx context.Context, pid int32) ([]attest.Selector, error) {
-	return f(ctx, pid)
+func (f attestorFunc) Attest(ctx context.Context, p attest.Process) ([]attest.Selector, error) {
+	return f(ctx, p)
 }
 
 func TestAttestationOutcomes(t *testing.T) {
@@ -373,19 +373,19 @@ func TestAttestationOutcomes(t *testing.T) {
 	}{
 		{
 			name: "denied",
-			attest: func(context.Context, int32) ([]attest.Selector, error) {
+			attest: func(context.Context, attest.Process) ([]attest.Selector, error) {
 				return nil, fmt.Errorf("%w: pod unknown", attest.ErrDenied)
 			},
 			code: codes.PermissionDenied, msg: "workload attestation denied", result: "denied",
 		},
 		{
 			name:   "no selectors",
-			attest: func(context.Context, int32) ([]attest.Selector, error) { return nil, nil },
+			attest: func(context.Context, attest.Process) ([]attest.Selector, error) { return nil, nil },
 			code:   codes.PermissionDenied, msg: "workload attestation denied", result: "denied",
 		},
 		{
 			name: "attestor failure",
-			attest: func(context.Context, int32) ([]attest.Selector, error) {
+			attest: func(context.Context, attest.Process) ([]attest.Selector, error) {
 				return nil, errors.New("kubelet at 10.0.0.1 unreachable")
 			},
 			code: codes.Unavailable, msg: "workload attestation failed", result: "error", notShown: "10.0.0.1",

@@ -45,6 +45,9 @@ const (
 	// maxSendMsgSize bounds one response: a workload with 1,000+ identities
 	// gets them all in one X509SVIDResponse.
 	maxSendMsgSize = 64 << 20
+	// maxRecvMsgSize bounds one request: the largest a workload sends is a
+	// JWT-SVID to validate (a few KiB) or a list of audiences.
+	maxRecvMsgSize = 64 << 10
 	// shutdownGrace is how long Serve waits for calls to end after its
 	// context is done before closing the remaining connections.
 	shutdownGrace = 5 * time.Second
@@ -124,6 +127,7 @@ func (s *Server) Serve(ctx context.Context, socketPath string) error {
 	gs := grpc.NewServer(
 		grpc.Creds(peercred.Credentials()),
 		grpc.MaxSendMsgSize(maxSendMsgSize),
+		grpc.MaxRecvMsgSize(maxRecvMsgSize),
 	)
 	workload.RegisterSpiffeWorkloadAPIServer(gs, s)
 

@@ -45,8 +45,9 @@ type Subscription interface {
 
 // Source is what the Workload API needs of the agent's caches. Its methods
 // are called concurrently. An error wrapping attest.ErrDenied reaches the
-// workload as PermissionDenied; any other error as Unavailable (the cause is
-// logged, not shown).
+// workload as PermissionDenied, one wrapping ErrRateLimited as
+// ResourceExhausted; any other error as Unavailable (the cause is logged, not
+// shown).
 type Source interface {
 	// SubscribeX509 starts following the identities of the entries whose
 	// selectors are all among selectors. The first update is sent as soon as
@@ -67,7 +68,8 @@ type Source interface {
 // Attestor turns a caller's process into selectors. It is called
 // concurrently. An error wrapping attest.ErrDenied, or no selectors, is
 // PermissionDenied; another error Unavailable. The Server checks after
-// Attest returns that pid still names the process that connected.
+// Attest returns that the PID still names the process that connected, still
+// running the program it ran then (p.Exe).
 type Attestor interface {
-	Attest(ctx context.Context, pid int32) ([]attest.Selector, error)
+	Attest(ctx context.Context, p attest.Process) ([]attest.Selector, error)
 }

@@ -25,6 +25,7 @@ var statuses = []struct {
 	{errInvalid, codes.InvalidArgument, "", slog.LevelDebug},
 	// The process that connected is not the one attestation looked at.
 	{peercred.ErrProcessGone, codes.PermissionDenied, "caller process exited or its PID was reused", slog.LevelWarn},
+	{peercred.ErrExecuted, codes.PermissionDenied, "caller process executed another program since it connected", slog.LevelWarn},
 	{peercred.ErrNotPinned, codes.PermissionDenied, "caller process could not be identified", slog.LevelWarn},
 	{context.Canceled, codes.Canceled, "", slog.LevelDebug},
 	{context.DeadlineExceeded, codes.DeadlineExceeded, "", slog.LevelDebug},
@@ -34,6 +35,9 @@ var statuses = []struct {
 	{errNotReady, codes.Unavailable, errNotReady.Error(), slog.LevelInfo},
 	{errShuttingDown, codes.Unavailable, errShuttingDown.Error(), slog.LevelDebug},
 	{errAttestation, codes.Unavailable, errAttestation.Error(), slog.LevelWarn},
+	// Before errSource, which wraps every Source error. Debug: a flood would
+	// flood the log too; the agent counts these in a metric.
+	{ErrRateLimited, codes.ResourceExhausted, "too many new JWT-SVIDs for this identity: fresh audiences are rate-limited, retry later (audiences already fetched are still served)", slog.LevelDebug},
 	{errSource, codes.Unavailable, errSource.Error(), slog.LevelWarn},
 	{errUnimplemented, codes.Unimplemented, "", slog.LevelDebug},
 }

@@ -7,6 +7,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
+	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -69,14 +71,35 @@ func (a *Attestor) Attest(ctx context.Context, data []byte) (attest.NodeResult, 
 	}
 	res := attest.NodeResult{AgentID: AgentID(a.td, token)}
 	if alias != "" {
+		if err := checkAlias(a.td, alias); err != nil {
+			return attest.NodeResult{}, fmt.Errorf("%w: join token %s: %w", attest.ErrDenied, TokenID(token), err)
+		}
 		res.Aliases = []string{alias}
 	}
 	return res, nil
 }
 
-// Client is the agent side: it presents the configured token.
+// checkAlias refuses a stored alias that is not a SPIFFE ID of td, such as
+// one written before the Admin API checked it or around it. go-spiffe's
+// parser admits only [a-z0-9.-_] in the trust domain and [a-zA-Z0-9.-_] in
+// path segments, so no control, bidirectional or other invisible character
+// can become an agent's alias; the error quotes the alias escaped.
+func checkAlias(td spiffeid.TrustDomain, alias string) error {
+	id, err := spiffeid.FromString(alias)
+	switch {
+	case err != nil:
+		return fmt.Errorf("stored alias %q: %w", alias, err)
+	case !id.MemberOf(td):
+		return fmt.Errorf("stored alias %q: not in trust domain %q", alias, td.Name())
+	}
+	return nil
+}
+
+// Client is the agent side: it presents the configured token, or the one in
+// TokenFile, read at each attestation.
 type Client struct {
-	Token string
+	Token     string
+	TokenFile string
 }
 
 // Type is the attestation type.
@@ -84,8 +107,18 @@ func (Client) Type() string { return Type }
 
 // Data returns the token.
 func (c Client) Data(context.Context) ([]byte, error) {
-	if c.Token == "" {
+	token := c.Token
+	if c.TokenFile != "" {
+		b, err := os.ReadFile(c.TokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("jointoken: join token file: %w", err)
+		}
+		if token = strings.TrimSpace(string(b)); token == "" {
+			return nil, fmt.Errorf("jointoken: join token file %s is empty", c.TokenFile)
+		}
+	}
+	if token == "" {
 		return nil, errors.New("jointoken: no join token configured")
 	}
-	return []byte(c.Token), nil
+	return []byte(token), nil
 }

@@ -156,7 +156,7 @@ func TestAPIServerIndexesPods(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := a.Attest(t.Context(), tt.pid)
+			got, err := a.Attest(t.Context(), attest.Process{PID: tt.pid})
 			require.NoError(t, err)
 			assert.Equal(t, tt.want, got)
 		})
@@ -185,7 +185,7 @@ func TestAPIServerPodStartsLater(t *testing.T) {
 	var err error
 	go func() {
 		defer close(done)
-		sels, err = a.Attest(t.Context(), 101)
+		sels, err = a.Attest(t.Context(), attest.Process{PID: 101})
 	}()
 	require.Eventually(t, clk.HasWaiters, 10*time.Second, time.Millisecond, "Attest waits for the container")
 
@@ -210,7 +210,7 @@ func TestAPIServerAmbiguous(t *testing.T) {
 		pod("b", "two", uidOther, status("c", cid("104"), "img:1")),
 	)
 	a := startAPIServerAttestor(t, client, Config{})
-	sels, err := a.Attest(t.Context(), 104)
+	sels, err := a.Attest(t.Context(), attest.Process{PID: 104})
 	require.ErrorIs(t, err, ErrAmbiguous)
 	assert.Nil(t, sels)
 	assert.Contains(t, err.Error(), "is listed by pods")
@@ -227,7 +227,7 @@ func TestAPIServerNotRunning(t *testing.T) {
 	var sels []attest.Selector
 	go func() {
 		defer close(done)
-		sels, err = a.Attest(t.Context(), 101)
+		sels, err = a.Attest(t.Context(), attest.Process{PID: 101})
 	}()
 	driveClock(t, clk, 50*time.Millisecond, done)
 	require.Error(t, err)

@@ -1,6 +1,7 @@
 package k8s
 
 import (
+	"github.com/tallyid/tally/attest"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -35,12 +36,12 @@ func BenchmarkAttestAPIServer100Pods(b *testing.B) {
 
 func benchAttest(b *testing.B, a *Attestor) {
 	b.Helper()
-	sels, err := a.Attest(b.Context(), 101)
+	sels, err := a.Attest(b.Context(), attest.Process{PID: 101})
 	require.NoError(b, err)
 	require.Contains(b, sels, sel("container-name:app"))
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := a.Attest(b.Context(), 101); err != nil {
+		if _, err := a.Attest(b.Context(), attest.Process{PID: 101}); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -206,7 +206,8 @@ func (a *Attestor) Run(ctx context.Context) error {
 //
 // Attest does not know whether pid still names the process the caller
 // means: the caller checks that after Attest returns.
-func (a *Attestor) Attest(ctx context.Context, pid int32) ([]attest.Selector, error) {
+func (a *Attestor) Attest(ctx context.Context, p attest.Process) ([]attest.Selector, error) {
+	pid := p.PID
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}

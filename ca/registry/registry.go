@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"time"
 
@@ -17,6 +18,17 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/tallyid/tally/ca/store"
+	"github.com/tallyid/tally/internal/text"
+)
+
+// Log keys.
+const (
+	logKeyEntryID  = "entry_id"
+	logKeySPIFFEID = "spiffe_id"
+	logKeyField    = "field"
+	logKeyText     = "text"
+	logKeyError    = "error"
+	logKeyRevision = "revision"
 )
 
 // Store is what the registry needs of the server's store.
@@ -96,6 +108,8 @@ func ServerID(td spiffeid.TrustDomain) spiffeid.ID {
 }
 
 // Load reads every entry from the store. It may be called again to reload.
+// An entry whose text CheckText refuses is logged and left out: it is not
+// sent to agents, minted for or counted as an admin (see servable).
 func (r *Registry) Load(ctx context.Context) error {
 	r.catchMu.Lock()
 	defer r.catchMu.Unlock()
@@ -115,7 +129,9 @@ func (r *Registry) loadLocked(ctx context.Context) error {
 			return fmt.Errorf("registry: load: %w", err)
 		}
 		for i := range page {
-			idx.put(&page[i])
+			if r.servable(&page[i]) {
+				idx.put(&page[i])
+			}
 		}
 		if len(page) < 10_000 {
 			break
@@ -142,7 +158,7 @@ func (r *Registry) Run(ctx context.Context) error {
 			return nil
 		case <-t.C():
 			if err := r.CatchUp(ctx); err != nil && ctx.Err() == nil {
-				r.cfg.Logger.Warn("registry: following the event log", "error", err)
+				r.cfg.Logger.Warn("registry: following the event log", logKeyError, err)
 			}
 		}
 	}
@@ -163,7 +179,7 @@ func (r *Registry) catchUpLocked(ctx context.Context) error {
 		r.mu.RUnlock()
 		evs, err := r.cfg.Store.Events(ctx, after, 10_000)
 		if errors.Is(err, store.ErrCompacted) {
-			r.cfg.Logger.Warn("registry: event log compacted past our revision, reloading", "revision", after)
+			r.cfg.Logger.Warn("registry: event log compacted past our revision, reloading", logKeyRevision, after)
 			return r.loadLocked(ctx)
 		}
 		if err != nil {
@@ -190,6 +206,9 @@ func (r *Registry) apply(evs []store.Event) {
 			continue
 		}
 		cur := r.idx.entries[ev.Entry.ID]
+		if ev.Type != store.EventDeleted && !r.servable(&ev.Entry) {
+			ev = refusedEvent(ev, cur)
+		}
 		topo := r.topologicalLocked(&ev)
 		switch ev.Type {
 		case store.EventDeleted:
@@ -211,6 +230,37 @@ func (r *Registry) apply(evs []store.Event) {
 		r.floor = r.ring[drop-1].Revision
 		r.ring = append([]ringEvent(nil), r.ring[drop:]...)
 	}
+}
+
+// servable reports whether a stored entry may be indexed, and so sent to
+// agents, minted for and counted as an admin: its text passes CheckText.
+// Entries stored before that check, or written around the registry, may not.
+// A refused entry is logged with one warning naming it and the refused text,
+// escaped.
+func (r *Registry) servable(e *store.Entry) bool {
+	err := checkEntryText(e)
+	if err == nil {
+		return true
+	}
+	attrs := []any{logKeyEntryID, text.Printable(e.ID), logKeySPIFFEID, text.Printable(e.SPIFFEID), logKeyError, err}
+	var te *textError
+	if errors.As(err, &te) {
+		attrs = append(attrs, logKeyField, te.field, logKeyText, strconv.Quote(te.text))
+	}
+	r.cfg.Logger.Warn("registry: stored entry has refused text, not serving it; fix or delete it", attrs...)
+	return false
+}
+
+// refusedEvent is what a create or update that brings refused text means to
+// agents: the deletion of cur, the served version, if there is one (so that
+// its subtree goes with it), else nothing (an entry without a parent, which
+// no agent has).
+func refusedEvent(ev store.Event, cur *store.Entry) store.Event {
+	out := store.Event{Revision: ev.Revision, Type: store.EventDeleted, Entry: store.Entry{ID: ev.Entry.ID, Revision: ev.Revision}}
+	if cur != nil {
+		out.Entry = *cur
+	}
+	return out
 }
 
 // ringEvent is an event with what it meant when it was applied.

@@ -35,8 +35,15 @@ func ParseSelector(s string) (store.Selector, error) {
 	return sel, ValidateSelector(sel)
 }
 
-// ValidateSelector checks a selector against the known types and keys.
+// ValidateSelector checks a selector's text (CheckText) and its type and
+// key against the known ones.
 func ValidateSelector(s store.Selector) error {
+	if err := CheckText("selector.type", s.Type); err != nil {
+		return err
+	}
+	if err := CheckText("selector.value", s.Value); err != nil {
+		return err
+	}
 	if len(s.Type)+len(s.Value) > maxSelectorLen {
 		return fmt.Errorf("%w: selector %q longer than %d bytes", ErrInvalid, s.String(), maxSelectorLen)
 	}

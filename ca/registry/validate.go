@@ -32,8 +32,12 @@ var dnsLabel = regexp.MustCompile(`^(\*|[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9
 
 // ValidateEntry checks an entry for creation or update and normalises it
 // (selectors sorted, DNS names lowercased). It returns errors wrapping
-// ErrInvalid that name the offending field.
+// ErrInvalid that name the offending field. Every text field is first
+// checked with CheckText.
 func ValidateEntry(td spiffeid.TrustDomain, lim Limits, e *store.Entry) error {
+	if err := checkEntryText(e); err != nil {
+		return err
+	}
 	id, err := validateID(td, "spiffe_id", e.SPIFFEID)
 	if err != nil {
 		return err

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/pflag"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/tallyid/tally/attest/k8spsat"
 	"github.com/tallyid/tally/internal/config"
 )
 
@@ -62,6 +63,14 @@ type Config struct {
 	// PSATNodeLabelKeys are node label keys that become agent_node_label
 	// selectors.
 	PSATNodeLabelKeys []string `yaml:"psat_node_label_keys"`
+	// PSATKubeQPS and PSATKubeBurst are the client-side rate limit of the
+	// Kubernetes client (requests per second, and the burst allowed at once) that
+	// every k8s_psat attestation shares: a TokenReview, a pod read and, when
+	// not cached, a node read each. Default 200 and 400 (client-go's own
+	// 5 and 10 would keep a 1,000-node cluster restart attesting for ten
+	// minutes); the apiserver's priority and fairness still applies.
+	PSATKubeQPS   float32 `yaml:"psat_kube_qps"`
+	PSATKubeBurst int     `yaml:"psat_kube_burst"`
 	// LogLevel is debug, info, warn or error; LogFormat is json or text.
 	LogLevel  string `yaml:"log_level"`
 	LogFormat string `yaml:"log_format"`
@@ -77,6 +86,8 @@ func DefaultConfig() Config {
 		AdminSocket:   "/run/tally/admin.sock",
 		CATTL:         24 * time.Hour,
 		PSATAudience:  "tally-server",
+		PSATKubeQPS:   k8spsat.DefaultQPS,
+		PSATKubeBurst: k8spsat.DefaultBurst,
 		LogLevel:      "info",
 		LogFormat:     "json",
 	}
@@ -103,6 +114,8 @@ func BindFlags(fs *pflag.FlagSet, c *Config) {
 	fs.StringVar(&c.PSATAudience, "psat-audience", c.PSATAudience, "audience of agents' projected service-account tokens")
 	fs.StringSliceVar(&c.PSATServiceAccounts, "psat-service-account", c.PSATServiceAccounts, "agent service account allowed to attest, namespace:name (repeatable)")
 	fs.StringSliceVar(&c.PSATNodeLabelKeys, "psat-node-label-key", c.PSATNodeLabelKeys, "node label key that becomes an agent_node_label selector (repeatable)")
+	fs.Float32Var(&c.PSATKubeQPS, "psat-kube-qps", c.PSATKubeQPS, "requests per second the k8s_psat Kubernetes client may make (TokenReview, pod and node reads)")
+	fs.IntVar(&c.PSATKubeBurst, "psat-kube-burst", c.PSATKubeBurst, "requests the k8s_psat Kubernetes client may make at once before psat-kube-qps applies")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "json or text")
 }
@@ -157,6 +170,12 @@ func (c Config) Validate() error {
 		if ns, name, ok := strings.Cut(sa, ":"); !ok || ns == "" || name == "" {
 			return fmt.Errorf("config: psat_service_accounts: %q: want namespace:name", sa)
 		}
+	}
+	if c.PSATKubeQPS <= 0 {
+		return fmt.Errorf("config: psat_kube_qps must be positive, got %v", c.PSATKubeQPS)
+	}
+	if c.PSATKubeBurst < 1 {
+		return fmt.Errorf("config: psat_kube_burst must be at least 1, got %d", c.PSATKubeBurst)
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

@@ -2,6 +2,7 @@ package server
 
 import (
 	"fmt"
+	"log/slog"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/client-go/rest"
@@ -11,8 +12,9 @@ import (
 )
 
 // psatAttestor builds the k8s_psat attestor from the config, talking to
-// the cluster with the kubeconfig (or in-cluster credentials).
-func psatAttestor(cfg Config, td spiffeid.TrustDomain) (*k8spsat.Attestor, error) {
+// the cluster with the kubeconfig (or in-cluster credentials) at the
+// configured rate limit, and logging why it refuses attestations to log.
+func psatAttestor(cfg Config, td spiffeid.TrustDomain, log *slog.Logger) (*k8spsat.Attestor, error) {
 	var rc *rest.Config
 	var err error
 	if cfg.PSATKubeconfig != "" {
@@ -23,6 +25,7 @@ func psatAttestor(cfg Config, td spiffeid.TrustDomain) (*k8spsat.Attestor, error
 	if err != nil {
 		return nil, fmt.Errorf("server: k8s_psat: kubernetes client config: %w", err)
 	}
+	rc.QPS, rc.Burst = cfg.PSATKubeQPS, cfg.PSATKubeBurst
 	cluster, err := k8spsat.NewCluster(rc)
 	if err != nil {
 		return nil, fmt.Errorf("server: k8s_psat: %w", err)
@@ -34,5 +37,6 @@ func psatAttestor(cfg Config, td spiffeid.TrustDomain) (*k8spsat.Attestor, error
 		ServiceAccounts: cfg.PSATServiceAccounts,
 		NodeLabelKeys:   cfg.PSATNodeLabelKeys,
 		Cluster:         cluster,
+		Logger:          log,
 	})
 }

@@ -19,7 +19,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 	"k8s.io/utils/clock"
 
@@ -109,7 +108,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if err := entries.Load(ctx); err != nil {
 		return err
 	}
-	registerGauges(reg, entries, st, authority)
+	registerGauges(reg, entries, st, authority, upstreamCollector{a: authority, clock: s.clock, slotTTL: cfg.CATTL})
 	metrics := api.NewMetrics(reg)
 
 	svid := newServerSVID(registry.ServerID(s.td), authority, s.clock, s.log.With("component", "server-svid"))
@@ -119,7 +118,7 @@ func (s *Server) Run(ctx context.Context) error {
 	tokens := joinTokens{st: st, clock: s.clock}
 	attestors := map[string]attest.NodeAttestor{jointoken.Type: jointoken.New(s.td, tokens)}
 	if cfg.PSATCluster != "" {
-		psat, err := psatAttestor(cfg, s.td)
+		psat, err := psatAttestor(cfg, s.td, s.log.With("component", "k8spsat"))
 		if err != nil {
 			return err
 		}
@@ -148,38 +147,54 @@ func (s *Server) Run(ctx context.Context) error {
 		Logger:      s.log.With("component", "admin-api"),
 	})
 
-	// Node API (and Admin API for admin SVIDs) over TLS.
+	// Node API (and Admin API for admin SVIDs) over TLS: connections with a
+	// verified client SVID and connections without one (attestation) are
+	// served by two gRPC servers with their own limits (nodelisten.go).
+	keepaliveOK := grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true})
 	tlsGRPC := grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(&tls.Config{
-			MinVersion:     tls.VersionTLS12,
-			GetCertificate: svid.GetCertificate,
-			// Client SVIDs are verified per call against the current bundle;
-			// AttestAgent is called without one.
-			ClientAuth: tls.RequestClientCert,
-		})),
+		grpc.Creds(handshakenTLS{}),
 		grpc.UnaryInterceptor(admin.AdminTLSInterceptor),
-		grpc.MaxRecvMsgSize(64<<20),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.MaxRecvMsgSize(agentMaxMsg),
+		keepaliveOK,
 	)
-	tallyv1.RegisterNodeServer(tlsGRPC, node)
-	tallyv1.RegisterAdminServer(tlsGRPC, admin)
-	nodeLis, err := net.Listen("tcp", cfg.BindAddress)
+	bootGRPC := grpc.NewServer(
+		grpc.Creds(handshakenTLS{}),
+		grpc.UnaryInterceptor(admin.AdminTLSInterceptor),
+		grpc.MaxRecvMsgSize(bootstrapMaxMsg),
+		grpc.MaxConcurrentStreams(bootstrapStreams),
+		grpc.InitialWindowSize(bootstrapMaxMsg),
+		grpc.InitialConnWindowSize(bootstrapMaxMsg),
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: bootstrapIdle, MaxConnectionAge: bootstrapAge, MaxConnectionAgeGrace: 10 * time.Second}),
+		keepaliveOK,
+	)
+	for _, gs := range []*grpc.Server{tlsGRPC, bootGRPC} {
+		tallyv1.RegisterNodeServer(gs, node)
+		tallyv1.RegisterAdminServer(gs, admin)
+	}
+	nodeTCP, err := net.Listen("tcp", cfg.BindAddress)
 	if err != nil {
 		return fmt.Errorf("server: bind_address: %w", err)
 	}
+	nodeLis := newNodeListener(nodeTCP, &tls.Config{
+		MinVersion:     tls.VersionTLS12,
+		GetCertificate: svid.GetCertificate,
+		// Client SVIDs are verified per call against the current bundle;
+		// AttestAgent is called without one.
+		ClientAuth: tls.RequestClientCert,
+	}, authority.Bundle, s.log.With("component", "node-api"))
 
 	// Admin API on the Unix socket: the file mode is the authorisation.
 	unixGRPC := grpc.NewServer(grpc.Creds(peercred.Credentials()), grpc.MaxRecvMsgSize(64<<20))
 	tallyv1.RegisterAdminServer(unixGRPC, admin)
 	adminLis, err := listenUnix(cfg.AdminSocket)
 	if err != nil {
-		nodeLis.Close()
+		nodeTCP.Close()
 		return err
 	}
 
 	httpsLis, err := net.Listen("tcp", cfg.HTTPAddress)
 	if err != nil {
-		nodeLis.Close()
+		nodeTCP.Close()
 		adminLis.Close()
 		return fmt.Errorf("server: http_address: %w", err)
 	}
@@ -187,16 +202,22 @@ func (s *Server) Run(ctx context.Context) error {
 		Handler:           publicHandler(authority, cfg.JWTIssuer, s.log),
 		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: svid.GetCertificate},
 		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		// Only GETs of a bundle or discovery document: no request needs
+		// more than a few KiB of headers or a long connection.
+		ReadTimeout:    30 * time.Second,
+		WriteTimeout:   30 * time.Second,
+		IdleTimeout:    2 * time.Minute,
+		MaxHeaderBytes: 16 << 10,
+		ErrorLog:       slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 	healthLis, err := net.Listen("tcp", cfg.HealthAddress)
 	if err != nil {
-		nodeLis.Close()
+		nodeTCP.Close()
 		adminLis.Close()
 		httpsLis.Close()
 		return fmt.Errorf("server: health_address: %w", err)
 	}
-	health := &http.Server{Handler: s.healthHandler(reg), ReadHeaderTimeout: 10 * time.Second}
+	health := &http.Server{Handler: s.healthHandler(reg), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 16 << 10}
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return authority.Run(ctx) })
@@ -204,13 +225,15 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { return st.Run(ctx) })
 	g.Go(func() error { return svid.Run(ctx) })
 	g.Go(func() error { return housekeeping(ctx, st, s.clock, s.log) })
-	g.Go(func() error { return serveGRPC(ctx, tlsGRPC, nodeLis) })
+	g.Go(func() error { return nodeLis.Run(ctx) })
+	g.Go(func() error { return serveGRPC(ctx, tlsGRPC, nodeLis.authed) })
+	g.Go(func() error { return serveGRPC(ctx, bootGRPC, nodeLis.bootstrap) })
 	g.Go(func() error { return serveGRPC(ctx, unixGRPC, adminLis) })
 	g.Go(func() error { return serveHTTP(ctx, https, httpsLis, true) })
 	g.Go(func() error { return serveHTTP(ctx, health, healthLis, false) })
 	s.ready.Store(true)
 	close(s.readyCh)
-	s.log.Info("tally server ready", "trust_domain", s.td.Name(), "bind_address", nodeLis.Addr().String(),
+	s.log.Info("tally server ready", "trust_domain", s.td.Name(), "bind_address", nodeTCP.Addr().String(),
 		"http_address", httpsLis.Addr().String(), "health_address", healthLis.Addr().String(), "admin_socket", cfg.AdminSocket,
 		"entries", entries.Count())
 	err = g.Wait()
@@ -261,7 +284,9 @@ func serveGRPC(ctx context.Context, srv *grpc.Server, lis net.Listener) error {
 			srv.Stop()
 		}
 	}()
-	if err := srv.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+	// A listener closed by its owner at shutdown ends Serve with an error
+	// too; only a failure before shutdown is one.
+	if err := srv.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) && ctx.Err() == nil {
 		return err
 	}
 	return nil
@@ -330,7 +355,7 @@ func (j joinTokens) ConsumeJoinToken(ctx context.Context, token string) (string,
 	return t.Alias, nil
 }
 
-func registerGauges(reg *prometheus.Registry, entries *registry.Registry, st store.Store, a *ca.Authority) {
+func registerGauges(reg *prometheus.Registry, entries *registry.Registry, st store.Store, a *ca.Authority, upstream upstreamCollector) {
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "tally_server_entries", Help: "Registration entries.",
 	}, func() float64 { return float64(entries.Count()) }))
@@ -345,6 +370,40 @@ func registerGauges(reg *prometheus.Registry, entries *registry.Registry, st sto
 	}))
 	reg.MustRegister(slotCollector{a: a, desc: prometheus.NewDesc("tally_server_ca_slot_expiry_timestamp_seconds",
 		"Expiry of each CA key slot, by kind (x509, jwt) and status (prepared, active, old).", []string{"kind", "status", "id"}, nil)})
+	reg.MustRegister(upstream)
+}
+
+var (
+	upstreamExpiryDesc = prometheus.NewDesc("tally_server_ca_upstream_expiry_timestamp_seconds",
+		"Expiry of the first certificate of the upstream CA chain to expire (the upstream root, usually), as last read; absent without an upstream CA.", nil, nil)
+	upstreamExpiringDesc = prometheus.NewDesc("tally_server_ca_upstream_expiring",
+		"1 if the upstream CA chain expires within one CA slot lifetime (ca_ttl), so that X.509 slots are cut short to end with it; 0 otherwise; absent without an upstream CA.", nil, nil)
+)
+
+// upstreamCollector reports when the upstream chain ends: every X.509 slot,
+// and so every SVID, ends with it at the latest.
+type upstreamCollector struct {
+	a       *ca.Authority
+	clock   clock.PassiveClock
+	slotTTL time.Duration
+}
+
+func (upstreamCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- upstreamExpiryDesc
+	ch <- upstreamExpiringDesc
+}
+
+func (c upstreamCollector) Collect(ch chan<- prometheus.Metric) {
+	end := c.a.UpstreamNotAfter()
+	if end.IsZero() {
+		return
+	}
+	expiring := 0.0
+	if end.Sub(c.clock.Now()) < c.slotTTL {
+		expiring = 1
+	}
+	ch <- prometheus.MustNewConstMetric(upstreamExpiryDesc, prometheus.GaugeValue, float64(end.Unix()))
+	ch <- prometheus.MustNewConstMetric(upstreamExpiringDesc, prometheus.GaugeValue, expiring)
 }
 
 type slotCollector struct {

@@ -20,6 +20,10 @@ func newRootCommand() *cobra.Command {
 	return root
 }
 
+// envJoinToken holds the join token when neither join_token nor
+// join_token_file is set.
+const envJoinToken = "TALLY_JOIN_TOKEN"
+
 func newRunCommand() *cobra.Command {
 	cfg := agent.DefaultConfig()
 	var configFile string
@@ -32,12 +36,18 @@ func newRunCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if final.JoinToken == "" && final.JoinTokenFile == "" {
+				final.JoinToken = os.Getenv(envJoinToken)
+			}
 			if err := final.Validate(); err != nil {
 				return err
 			}
 			log, err := logging.New(os.Stderr, final.LogLevel, final.LogFormat)
 			if err != nil {
 				return err
+			}
+			if cmd.Flags().Changed("join-token") {
+				log.Warn("the join token was given on the command line, where every local user can read it (ps) until it is used; use --join-token-file or $" + envJoinToken)
 			}
 			a, err := agent.New(final, log)
 			if err != nil {

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/tallyid/tally/internal/text"
 	tallyv1 "github.com/tallyid/tally/proto/tally/v1"
 )
 
@@ -84,7 +85,7 @@ func (a *app) newAgentEvictCommand() *cobra.Command {
 					return rpcError(fmt.Sprintf("evict agent %s", id), err)
 				}
 				return a.render(cmd, evictedJSON{SPIFFEID: id, Evicted: true}, func(w io.Writer) error {
-					_, err := fmt.Fprintf(w, "Agent %s evicted.\n", id)
+					_, err := fmt.Fprintf(w, "Agent %s evicted.\n", text.Printable(id))
 					return err
 				})
 			})
@@ -108,7 +109,7 @@ func (a *app) newAgentBanCommand() *cobra.Command {
 					return rpcError(fmt.Sprintf("ban agent %s", id), err)
 				}
 				return a.render(cmd, newAgentJSON(agent), func(w io.Writer) error {
-					if _, err := fmt.Fprintf(w, "Agent %s banned.\n\n", id); err != nil {
+					if _, err := fmt.Fprintf(w, "Agent %s banned.\n\n", text.Printable(id)); err != nil {
 						return err
 					}
 					return writeAgent(w, agent)
@@ -196,7 +197,7 @@ func writeAgentTable(w io.Writer, agents []*tallyv1.Agent) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "SPIFFE ID\tATTESTATION\tEXPIRES\tBANNED")
 	for _, agent := range agents {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%t\n", agent.GetSpiffeId(), agent.GetAttestationType(),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%t\n", text.Printable(agent.GetSpiffeId()), text.Printable(agent.GetAttestationType()),
 			unixTime(agent.GetExpiresAt()), agent.GetBanned())
 	}
 	return tw.Flush()

@@ -73,7 +73,7 @@ func (a *app) renderSPIFFEBundle(cmd *cobra.Command, resp *tallyv1.GetBundleResp
 	}
 	v := spiffeBundleJSON{Sequence: resp.GetSequence(), SPIFFEBundle: doc}
 	return a.render(cmd, v, func(w io.Writer) error {
-		if _, err := w.Write(doc); err != nil {
+		if _, err := w.Write(escapeJSON(doc)); err != nil {
 			return err
 		}
 		if !bytes.HasSuffix(doc, []byte("\n")) {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/tallyid/tally/internal/text"
 	tallyv1 "github.com/tallyid/tally/proto/tally/v1"
 )
 
@@ -245,7 +246,7 @@ func (a *app) newEntryDeleteCommand() *cobra.Command {
 				}
 				return a.render(cmd, deletedJSON{Deleted: ids}, func(w io.Writer) error {
 					for _, id := range ids {
-						if _, err := fmt.Fprintf(w, "Deleted entry %s\n", id); err != nil {
+						if _, err := fmt.Fprintf(w, "Deleted entry %s\n", text.Printable(id)); err != nil {
 							return err
 						}
 					}

@@ -1,13 +1,18 @@
 package cli
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode/utf16"
+	"unicode/utf8"
 
+	"github.com/tallyid/tally/internal/text"
 	tallyv1 "github.com/tallyid/tally/proto/tally/v1"
 )
 
@@ -17,14 +22,56 @@ const (
 	outputJSON = "json"
 )
 
-// writeJSON writes v as indented JSON and a newline.
+// writeJSON writes v as indented JSON and a newline, with every character
+// that is not printable escaped (see escapeJSON).
 func writeJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
 	enc.SetIndent("", "  ")
 	if err := enc.Encode(v); err != nil {
 		return fmt.Errorf("write json: %w", err)
 	}
+	if _, err := w.Write(escapeJSON(buf.Bytes())); err != nil {
+		return fmt.Errorf("write json: %w", err)
+	}
 	return nil
+}
+
+// escapeJSON rewrites each character of the JSON text doc that
+// encoding/json leaves raw although it is not printable (strconv.IsPrint) —
+// DEL, C1 controls, bidirectional controls, zero-width and other format
+// characters — as a \uXXXX escape, so that no stored text can move the
+// cursor, recolour the terminal or reorder what is shown. Outside strings
+// JSON is ASCII, and inside one the escape stands for the same character, so
+// the document decodes to the same values. encoding/json already escapes C0
+// controls and U+2028/U+2029 and writes invalid UTF-8 as U+FFFD; a raw
+// message (a bundle) may still hold invalid bytes, which become \ufffd as a
+// decoder would read them.
+func escapeJSON(doc []byte) []byte {
+	var out []byte
+	for i := 0; i < len(doc); {
+		r, size := utf8.DecodeRune(doc[i:])
+		if r != 0x7f && (r < utf8.RuneSelf || (size > 1 && strconv.IsPrint(r))) {
+			if out != nil {
+				out = append(out, doc[i:i+size]...)
+			}
+			i += size
+			continue
+		}
+		if out == nil {
+			out = append(make([]byte, 0, len(doc)+16), doc[:i]...)
+		}
+		if r1, r2 := utf16.EncodeRune(r); r1 != utf8.RuneError {
+			out = fmt.Appendf(out, `\u%04x\u%04x`, r1, r2)
+		} else {
+			out = fmt.Appendf(out, `\u%04x`, r)
+		}
+		i += size
+	}
+	if out == nil {
+		return doc
+	}
+	return out
 }
 
 // fields writes "key: value" lines with the values aligned. A field with
@@ -37,19 +84,21 @@ func newFields(w io.Writer) *fields {
 	return &fields{tw: tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)}
 }
 
-// add writes key and value; an empty value is written as is.
+// add writes key and value, the value escaped with display; an empty value
+// is written as is.
 func (f *fields) add(key, value string) {
-	fmt.Fprintf(f.tw, "%s:\t%s\n", key, value)
+	fmt.Fprintf(f.tw, "%s:\t%s\n", key, text.Printable(value))
 }
 
-// addAll writes key and values, or nothing when there are none.
+// addAll writes key and values, each escaped with display, or nothing when
+// there are none.
 func (f *fields) addAll(key string, values []string) {
 	for i, v := range values {
 		if i == 0 {
 			f.add(key, v)
 			continue
 		}
-		fmt.Fprintf(f.tw, "\t%s\n", v)
+		fmt.Fprintf(f.tw, "\t%s\n", text.Printable(v))
 	}
 }
 
@@ -102,7 +151,8 @@ func selectorsJSON(sels []*tallyv1.Selector) []selectorJSON {
 	return out
 }
 
-// selectorsText renders selectors as "type:value", the form --selector takes.
+// selectorsText renders selectors as "type:value", the form --selector
+// takes. The fields writer escapes each one whole.
 func selectorsText(sels []*tallyv1.Selector) []string {
 	out := make([]string, 0, len(sels))
 	for _, s := range sels {

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/tallyid/tally/internal/text"
 	tallyv1 "github.com/tallyid/tally/proto/tally/v1"
 )
 
@@ -162,7 +163,8 @@ func (a *app) render(cmd *cobra.Command, v any, text func(w io.Writer) error) er
 }
 
 // apiError is a failed Admin API call. Its message is the server's status
-// message and code name, prefixed with what the call was for.
+// message (escaped with display) and code name, prefixed with what the call
+// was for.
 type apiError struct {
 	op  string
 	err error
@@ -179,7 +181,7 @@ func rpcError(op string, err error) error {
 }
 
 func (e *apiError) Error() string {
-	return fmt.Sprintf("%s: %s (%s)", e.op, e.st.Message(), e.st.Code())
+	return fmt.Sprintf("%s: %s (%s)", e.op, text.Printable(e.st.Message()), e.st.Code())
 }
 
 func (e *apiError) Unwrap() error { return e.err }

@@ -18,6 +18,12 @@ import (
 // PID (from /proc, the container runtime, ...) to the peer.
 var ErrProcessGone = errors.New("peercred: process gone")
 
+// ErrExecuted: the pinned process has executed another program (execve(2))
+// since it was pinned. Its PID and start time are unchanged, but what runs
+// under them is no longer what connected: a caller must not attribute the new
+// program's selectors (its executable path) to the connection.
+var ErrExecuted = errors.New("peercred: process executed another program since it connected")
+
 // ErrNotPinned: the peer's process could not be pinned when the connection
 // was accepted (it had already exited, or its PID is not visible in this PID
 // namespace), or the pin was closed with its connection.
@@ -50,6 +56,7 @@ type Pin struct {
 	pid    int32
 	method Method
 	start  uint64 // field 22 of /proc/<pid>/stat: clock ticks after boot
+	image  image  // the program it ran when pinned
 	err    error  // pinning failed; Alive returns it
 
 	mu     sync.RWMutex
@@ -124,6 +131,7 @@ func pinFD(pid int32, fd int, method Method) (*Pin, error) {
 	if err == nil && st.exited() {
 		err = fmt.Errorf("%w: pid %d exited", ErrProcessGone, pid)
 	}
+	img := readImage(procRoot, pid)
 	if err == nil && fd >= 0 {
 		err = signalZero(fd, pid)
 	}
@@ -133,7 +141,7 @@ func pinFD(pid int32, fd int, method Method) (*Pin, error) {
 		}
 		return nil, err
 	}
-	return &Pin{pid: pid, method: method, start: st.start, fd: fd}, nil
+	return &Pin{pid: pid, method: method, start: st.start, image: img, fd: fd}, nil
 }
 
 // PID is the pinned process's PID.
@@ -142,13 +150,23 @@ func (p *Pin) PID() int32 { return p.pid }
 // Method is how the process is pinned; "" if pinning failed.
 func (p *Pin) Method() Method { return p.method }
 
-// Alive returns nil if the pinned process is still running under its PID:
-// the pidfd (if any) still refers to a live process, and /proc/<pid>/stat
-// still shows the start time recorded when pinning, in a state other than
-// zombie or dead. Otherwise it returns an error wrapping ErrProcessGone, or
+// Exe is the path of the executable the process ran when it was pinned, as
+// the kernel shows it in /proc/<pid>/exe (ending in " (deleted)" if the file
+// had been removed); "" if it could not be read (a zombie, or no permission
+// to read another user's link). A nil Alive means the process still runs
+// that same file under that same path.
+func (p *Pin) Exe() string { return p.image.path }
+
+// Alive returns nil if the pinned process is still running under its PID
+// and still runs the program it ran when pinned: the pidfd (if any) still
+// refers to a live process, /proc/<pid>/stat still shows the start time
+// recorded when pinning, in a state other than zombie or dead, and
+// /proc/<pid>/exe still names the same file (device and inode) under the
+// same path. Otherwise it returns an error wrapping ErrProcessGone,
+// ErrExecuted if the process has called execve(2) with another program, or
 // ErrNotPinned if pinning had failed or the Pin was closed; or another error
 // if /proc could not be read. Anything learnt about the PID between pinning
-// and a nil Alive is about the pinned process.
+// and a nil Alive is about the pinned process and program.
 func (p *Pin) Alive() error {
 	if p.err != nil {
 		return p.err
@@ -158,6 +176,18 @@ func (p *Pin) Alive() error {
 	if p.closed {
 		return fmt.Errorf("%w: pin of pid %d closed", ErrNotPinned, p.pid)
 	}
+	if err := p.running(); err != nil {
+		return err
+	}
+	if now := readImage(procRoot, p.pid); now != p.image {
+		return fmt.Errorf("%w: pid %d ran %s when it connected, now %s", ErrExecuted, p.pid, p.image, now)
+	}
+	return nil
+}
+
+// running checks that the pinned process has not exited and that its PID
+// still names it.
+func (p *Pin) running() error {
 	if p.fd >= 0 {
 		// A pidfd names exactly the pinned process, whatever now has its
 		// PID, and polls readable once that process exits (zombie or
@@ -170,7 +200,7 @@ func (p *Pin) Alive() error {
 		}
 		switch {
 		case err != nil:
-			return fmt.Errorf("%w: poll pidfd of pid %d: %v", ErrNotPinned, p.pid, err)
+			return fmt.Errorf("%w: poll pidfd of pid %d: %w", ErrNotPinned, p.pid, err)
 		case n > 0:
 			return fmt.Errorf("%w: pid %d exited", ErrProcessGone, p.pid)
 		}
@@ -227,6 +257,50 @@ func signalZero(fd int, pid int32) error {
 	default:
 		return fmt.Errorf("peercred: pidfd_send_signal %d: %w", pid, err)
 	}
+}
+
+// image identifies the program a process runs, by /proc/<pid>/exe: the
+// path the kernel shows and the device and inode of the file it names.
+// execve(2) changes it; neither the PID nor the start time does. When the
+// link cannot be read, unread holds why (ENOENT for a zombie or kernel
+// thread, EACCES without ptrace access to another user's process), so that
+// an unreadable link becoming readable counts as a change as well.
+type image struct {
+	path     string
+	dev, ino uint64
+	unread   string
+}
+
+func (i image) String() string {
+	if i.unread != "" {
+		return "(executable unreadable: " + i.unread + ")"
+	}
+	return strconv.Quote(i.path)
+}
+
+// readImage reads the image of pid under root. The path and the file are
+// read separately; an execve(2) between the two reads shows as a change at
+// the next read, which is all Alive needs.
+func readImage(root string, pid int32) image {
+	link := root + "/" + strconv.Itoa(int(pid)) + "/exe"
+	path, err := os.Readlink(link)
+	if err != nil {
+		return image{unread: errText(err)}
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(link, &st); err != nil {
+		return image{unread: errText(err)}
+	}
+	return image{path: path, dev: st.Dev, ino: st.Ino}
+}
+
+// errText is the errno of err, or its text.
+func errText(err error) string {
+	var errno unix.Errno
+	if errors.As(err, &errno) {
+		return unix.ErrnoName(errno)
+	}
+	return err.Error()
 }
 
 type stat struct {

@@ -3,7 +3,9 @@ package peercred
 import (
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -192,4 +194,72 @@ func waitState(t *testing.T, pid int, state byte) {
 		st, err := readStat(procRoot, int32(pid))
 		return err == nil && st.state == state
 	}, testTimeout, pollInterval)
+}
+
+// TestPinExec: a pinned process that calls execve(2) keeps its PID and start
+// time, but no longer runs what it ran when pinned.
+func TestPinExec(t *testing.T) {
+	sleepPath := realPath(t, "sleep")
+	shPath := realPath(t, "sh")
+	pinners := map[string]func(pid int32) (*Pin, error){
+		"pidfd_open":      NewPin,
+		"start time only": func(pid int32) (*Pin, error) { return pinFD(pid, -1, MethodStartTime) },
+	}
+	tests := []struct {
+		name    string
+		then    string // what the shell executes once told to
+		now     string // the executable it runs afterwards
+		wantErr error
+	}{
+		{name: "another program", then: "exec sleep 300", now: sleepPath, wantErr: ErrExecuted},
+		{name: "the same program again", then: "exec sh -c 'sleep 300; :'", now: shPath},
+	}
+	for name, pin := range pinners {
+		for _, tt := range tests {
+			t.Run(name+"/"+tt.name, func(t *testing.T) {
+				cmd := exec.Command("sh", "-c", "read x; "+tt.then)
+				stdin, err := cmd.StdinPipe()
+				require.NoError(t, err)
+				require.NoError(t, cmd.Start())
+				t.Cleanup(func() {
+					cmd.Process.Kill()
+					cmd.Wait()
+				})
+				pid := int32(cmd.Process.Pid)
+				p, err := pin(pid)
+				require.NoError(t, err)
+				defer p.Close()
+				require.Equal(t, shPath, p.Exe())
+				require.NoError(t, p.Alive())
+
+				_, err = stdin.Write([]byte("go\n"))
+				require.NoError(t, err)
+				require.Eventually(t, func() bool {
+					exe, _ := os.Readlink("/proc/" + strconv.Itoa(int(pid)) + "/exe")
+					cmdline, _ := os.ReadFile("/proc/" + strconv.Itoa(int(pid)) + "/cmdline")
+					return exe == tt.now && !strings.Contains(string(cmdline), "read x")
+				}, 10*time.Second, 5*time.Millisecond, "the shell executes %q", tt.then)
+
+				err = p.Alive()
+				if tt.wantErr == nil {
+					require.NoError(t, err, "executing the same file under the same path changes nothing the pin describes")
+					return
+				}
+				require.ErrorIs(t, err, tt.wantErr)
+				require.NotErrorIs(t, err, ErrProcessGone)
+				assert.Contains(t, err.Error(), strconv.Quote(shPath))
+				assert.Contains(t, err.Error(), strconv.Quote(sleepPath))
+				assert.Equal(t, shPath, p.Exe(), "Exe stays what the process ran when pinned")
+			})
+		}
+	}
+}
+
+func realPath(t *testing.T, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	require.NoError(t, err)
+	p, err = filepath.EvalSymlinks(p)
+	require.NoError(t, err)
+	return p
 }

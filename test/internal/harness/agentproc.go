@@ -33,9 +33,17 @@ type AgentProc struct {
 // given) and waits until it has synced its entries.
 func StartAgent(t testing.TB, s *Server, alias string, args ...string) *AgentProc {
 	t.Helper()
-	a := NewAgent(t, s, append([]string{"--join-token", s.NewToken(t, alias)}, args...)...)
+	a := NewAgent(t, s, append([]string{"--join-token-file", TokenFile(t, s.NewToken(t, alias))}, args...)...)
 	a.Start(t)
 	return a
+}
+
+// TokenFile writes a join token to a new 0600 file and returns its path.
+func TokenFile(t testing.TB, token string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "join-token")
+	require.NoError(t, os.WriteFile(path, []byte(token+"\n"), 0o600))
+	return path
 }
 
 // NewAgent prepares an agent for s with the given extra flags (which must

@@ -15,19 +15,32 @@ import (
 // RSSOf returns a process's resident set size in bytes (VmRSS).
 func RSSOf(t testing.TB, pid int) int64 {
 	t.Helper()
+	return statusBytes(t, pid, "VmRSS")
+}
+
+// PeakRSSOf returns the largest resident set size process pid has had, in
+// bytes (VmHWM).
+func PeakRSSOf(t testing.TB, pid int) int64 {
+	t.Helper()
+	return statusBytes(t, pid, "VmHWM")
+}
+
+// statusBytes reads a "<key>: N kB" line of /proc/<pid>/status.
+func statusBytes(t testing.TB, pid int, key string) int64 {
+	t.Helper()
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	require.NoError(t, err)
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+		if rest, ok := strings.CutPrefix(sc.Text(), key+":"); ok {
 			var kb int64
 			_, err := fmt.Sscanf(strings.TrimSpace(rest), "%d kB", &kb)
 			require.NoError(t, err)
 			return kb * 1024
 		}
 	}
-	t.Fatalf("no VmRSS for pid %d", pid)
+	t.Fatalf("no %s for pid %d", key, pid)
 	return 0
 }
 

@@ -3,6 +3,7 @@ package k8s_test
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -77,6 +78,37 @@ func TestCluster(t *testing.T) {
 		assert.False(t, st.Authenticated)
 		assert.NotEmpty(t, st.Error)
 		c.DeletePod(t, pod) // already gone: no error
+	})
+
+	t.Run("terminating and finished pods keep authenticating", func(t *testing.T) {
+		ns := c.Namespace(t)
+		leaving := c.Pod(t, ns, "leaving", "", "node-x", nil)
+		leavingToken := c.Token(t, ns, "default", []string{"tally-server"}, leaving, 0)
+		got := c.TerminatePod(t, leaving)
+		require.NotNil(t, got.DeletionTimestamp)
+		assert.Equal(t, leaving.UID, got.UID)
+		assert.True(t, review(t, c, leavingToken, "tally-server").Authenticated, "terminating pod's token")
+
+		done := c.Pod(t, ns, "done", "", "node-x", nil)
+		doneToken := c.Token(t, ns, "default", []string{"tally-server"}, done, 0)
+		assert.Equal(t, corev1.PodFailed, c.SetPodPhase(t, done, corev1.PodFailed).Status.Phase)
+		assert.True(t, review(t, c, doneToken, "tally-server").Authenticated, "failed pod's token")
+		c.DeletePod(t, got) // a terminating pod is force-deleted
+	})
+
+	t.Run("apiserver request counter", func(t *testing.T) {
+		before := c.APIRequests(t)
+		review(t, c, "junk", "tally-server")
+		review(t, c, "junk", "tally-server")
+		var d k8s.APIRequests
+		for range 50 { // counted once answered: may lag the response a little
+			if d = c.APIRequests(t).Sub(before); d["POST tokenreviews"] >= 2 {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		assert.Equal(t, float64(2), d["POST tokenreviews"])
+		assert.Zero(t, d["GET pods"])
 	})
 
 	t.Run("pods of different namespaces share nothing", func(t *testing.T) {

@@ -152,6 +152,50 @@ func (c *Cluster) Token(t testing.TB, ns, sa string, audiences []string, pod *co
 	return resp.Status.Token
 }
 
+// TerminatePod requests the deletion of pod with a grace period of an hour and returns the pod
+// as the apiserver then has it: Terminating, with deletionTimestamp set. No kubelet confirms the
+// deletion, so the pod stays Terminating until the test's cleanup force-deletes it. Its bound
+// tokens keep reviewing as authenticated until a minute past the deletionTimestamp.
+func (c *Cluster) TerminatePod(t testing.TB, pod *corev1.Pod) *corev1.Pod {
+	t.Helper()
+	ctx, cancel := callCtx()
+	defer cancel()
+	grace := int64(3600)
+	err := c.Client.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{
+		GracePeriodSeconds: &grace,
+		Preconditions:      &metav1.Preconditions{UID: &pod.UID},
+	})
+	if err != nil {
+		t.Fatalf("k8s: terminate pod %s/%s: %v", pod.Namespace, pod.Name, err)
+	}
+	got, err := c.Client.CoreV1().Pods(pod.Namespace).Get(ctx, pod.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("k8s: terminate pod %s/%s: %v", pod.Namespace, pod.Name, err)
+	}
+	if got.DeletionTimestamp == nil {
+		t.Fatalf("k8s: terminate pod %s/%s: no deletionTimestamp after a graceful delete", pod.Namespace, pod.Name)
+	}
+	return got
+}
+
+// SetPodPhase writes phase into pod's status (as its kubelet would) and returns the updated
+// pod. A pod in phase Failed or Succeeded is deleted at once by a later DeletePod.
+func (c *Cluster) SetPodPhase(t testing.TB, pod *corev1.Pod, phase corev1.PodPhase) *corev1.Pod {
+	t.Helper()
+	ctx, cancel := callCtx()
+	defer cancel()
+	cur, err := c.Client.CoreV1().Pods(pod.Namespace).Get(ctx, pod.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("k8s: pod %s/%s: %v", pod.Namespace, pod.Name, err)
+	}
+	cur.Status.Phase = phase
+	got, err := c.Client.CoreV1().Pods(pod.Namespace).UpdateStatus(ctx, cur, metav1.UpdateOptions{})
+	if err != nil {
+		t.Fatalf("k8s: set phase of pod %s/%s to %s: %v", pod.Namespace, pod.Name, phase, err)
+	}
+	return got
+}
+
 // DeletePod deletes pod with gracePeriodSeconds=0 (no kubelet confirms a graceful delete) and
 // a uid precondition, and returns once the apiserver no longer has it. Deleting an already
 // deleted pod is not an error. Remember the 10 s token-authentication cache (package doc).
