@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"runtime"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
@@ -83,7 +84,16 @@ type Node struct {
 	audit *slog.Logger
 	peers *peerVerifier
 	gate  *attestGate
+
+	stopping chan struct{} // closed by EndStreams
+	stopOnce sync.Once
 }
+
+// EndStreams ends every open SyncEntries stream, and any opened later, with
+// Unavailable: agents reconnect (with backoff) to another replica or to this
+// server once it is back. The server calls it when it shuts down, before the
+// graceful stop, which would otherwise wait for streams that never end.
+func (n *Node) EndStreams() { n.stopOnce.Do(func() { close(n.stopping) }) }
 
 // NewNode returns the Node service.
 func NewNode(cfg NodeConfig) *Node {
@@ -115,7 +125,8 @@ func NewNode(cfg NodeConfig) *Node {
 		cfg.AttestWait = 10 * time.Second
 	}
 	return &Node{cfg: cfg, audit: auditLogger(cfg.Logger), peers: newPeerVerifier(cfg.TrustDomain),
-		gate: newAttestGate(cfg.Clock, cfg.MaxAttestations, cfg.MaxAttestationsPerPeer, cfg.AttestWait)}
+		gate:     newAttestGate(cfg.Clock, cfg.MaxAttestations, cfg.MaxAttestationsPerPeer, cfg.AttestWait),
+		stopping: make(chan struct{})}
 }
 
 // AttestAgent verifies an agent credential and signs its first SVID.
@@ -241,6 +252,8 @@ func (n *Node) SyncEntries(req *tallyv1.SyncEntriesRequest, stream tallyv1.Node_
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-n.stopping:
+			return toStatus(n.cfg.Logger, "SyncEntries", errShuttingDown)
 		case <-entriesCh:
 		case <-bundleCh:
 		case <-recheck.C():

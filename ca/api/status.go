@@ -43,7 +43,7 @@ func toStatus(log *slog.Logger, method string, err error) error {
 		code = codes.PermissionDenied
 	case errors.Is(err, errUnauthenticated):
 		code = codes.Unauthenticated
-	case errors.Is(err, ca.ErrNotReady):
+	case errors.Is(err, ca.ErrNotReady), errors.Is(err, errShuttingDown):
 		code = codes.Unavailable
 	case errors.Is(err, errBusy):
 		code = codes.ResourceExhausted
@@ -59,6 +59,7 @@ func toStatus(log *slog.Logger, method string, err error) error {
 var (
 	errInvalid         = errors.New("invalid request")
 	errUnauthenticated = errors.New("unauthenticated")
+	errShuttingDown    = errors.New("server shutting down; reconnect")
 )
 
 func isNotFound(err error) bool { return errors.Is(err, store.ErrNotFound) }

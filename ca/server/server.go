@@ -226,9 +226,9 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { return svid.Run(ctx) })
 	g.Go(func() error { return housekeeping(ctx, st, s.clock, s.log) })
 	g.Go(func() error { return nodeLis.Run(ctx) })
-	g.Go(func() error { return serveGRPC(ctx, tlsGRPC, nodeLis.authed) })
-	g.Go(func() error { return serveGRPC(ctx, bootGRPC, nodeLis.bootstrap) })
-	g.Go(func() error { return serveGRPC(ctx, unixGRPC, adminLis) })
+	g.Go(func() error { return serveGRPC(ctx, tlsGRPC, nodeLis.authed, node.EndStreams, s.log) })
+	g.Go(func() error { return serveGRPC(ctx, bootGRPC, nodeLis.bootstrap, nil, s.log) })
+	g.Go(func() error { return serveGRPC(ctx, unixGRPC, adminLis, nil, s.log) })
 	g.Go(func() error { return serveHTTP(ctx, https, httpsLis, true) })
 	g.Go(func() error { return serveHTTP(ctx, health, healthLis, false) })
 	s.ready.Store(true)
@@ -273,24 +273,40 @@ func listenUnix(path string) (net.Listener, error) {
 	return lis, nil
 }
 
-func serveGRPC(ctx context.Context, srv *grpc.Server, lis net.Listener) error {
-	go func() {
-		<-ctx.Done()
-		stopped := make(chan struct{})
-		go func() { srv.GracefulStop(); close(stopped) }()
-		select {
-		case <-stopped:
-		case <-time.After(5 * time.Second):
+// serveGRPC serves srv on lis until ctx is done, then stops it gracefully:
+// endStreams (if not nil) first ends the streams that would never end by
+// themselves, then calls in flight get stopGrace to finish before their
+// connections are closed. It returns once srv has stopped.
+func serveGRPC(ctx context.Context, srv *grpc.Server, lis net.Listener, endStreams func(), log *slog.Logger) error {
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(lis) }()
+	select {
+	case err := <-served:
+		if ctx.Err() == nil {
 			srv.Stop()
+			return fmt.Errorf("server: serve %s: %w", lis.Addr(), err)
 		}
-	}()
-	// A listener closed by its owner at shutdown ends Serve with an error
-	// too; only a failure before shutdown is one.
-	if err := srv.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) && ctx.Err() == nil {
-		return err
+		served <- err // the listener's owner closed it for the same shutdown
+	case <-ctx.Done():
 	}
+	if endStreams != nil {
+		endStreams()
+	}
+	stopped := make(chan struct{})
+	go func() { srv.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(stopGrace):
+		log.Warn("graceful stop timed out; closing connections", "grace", stopGrace)
+		srv.Stop()
+		<-stopped
+	}
+	<-served // ends with ErrServerStopped, or with the listener its owner closed
 	return nil
 }
+
+// stopGrace is how long calls in flight may take to finish at shutdown.
+const stopGrace = 5 * time.Second
 
 func serveHTTP(ctx context.Context, srv *http.Server, lis net.Listener, tlsOn bool) error {
 	go func() {
