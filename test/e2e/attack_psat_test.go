@@ -40,7 +40,7 @@ func TestAttackPSATJunkDoesNotReachAPIServer(t *testing.T) {
 	e := startK8sEnv(t)
 	c := e.cluster
 	c.ServiceAccount(t, e.ns, "other")
-	otherPod := c.Pod(t, e.ns, "other-1", "other", "node-a", nil, "x")
+	otherPod := c.Pod(t, e.ns, "other-1", "other", e.node.Name, nil, "x")
 	b64 := base64.RawURLEncoding.EncodeToString
 	junk := map[string]string{
 		"garbage (the issue's flood)":                  "garbage-token",
@@ -95,28 +95,28 @@ func TestAttackPSATRefusalHidesUIDs(t *testing.T) {
 	e := startK8sEnv(t)
 	c := e.cluster
 	c.ServiceAccount(t, e.ns, "other")
-	otherPod := c.Pod(t, e.ns, "other-1", "other", "node-a", nil, "x")
+	otherPod := c.Pod(t, e.ns, "other-1", "other", e.node.Name, nil, "x")
 
 	// A pod recreated under its name: the old token names the old UID.
-	old := c.Pod(t, e.ns, "again-1", "tally-agent", "node-a", nil, "agent")
+	old := c.Pod(t, e.ns, "again-1", "tally-agent", e.node.Name, nil, "agent")
 	oldToken := c.Token(t, e.ns, "tally-agent", []string{"tally-server"}, old, time.Hour)
 	c.DeletePod(t, old)
-	again := c.Pod(t, e.ns, "again-1", "tally-agent", "node-a", nil, "agent")
+	again := c.Pod(t, e.ns, "again-1", "tally-agent", e.node.Name, nil, "agent")
 	// A node recreated under its name while its pod stayed (no pod GC here).
-	nodeB := c.Node(t, "node-b", nil)
-	onB := c.Pod(t, e.ns, "on-b", "tally-agent", "node-b", nil, "agent")
+	nodeB := c.Node(t, e.ns+"-node-b", nil)
+	onB := c.Pod(t, e.ns, "on-b", "tally-agent", e.ns+"-node-b", nil, "agent")
 	onBToken := c.Token(t, e.ns, "tally-agent", []string{"tally-server"}, onB, time.Hour)
-	require.NoError(t, c.Client.CoreV1().Nodes().Delete(context.Background(), "node-b", metav1.DeleteOptions{}))
-	nodeB2 := c.Node(t, "node-b", nil)
+	require.NoError(t, c.Client.CoreV1().Nodes().Delete(context.Background(), e.ns+"-node-b", metav1.DeleteOptions{}))
+	nodeB2 := c.Node(t, e.ns+"-node-b", nil)
 	require.NotEqual(t, nodeB.UID, nodeB2.UID)
 	// A terminating pod.
-	leaving := c.Pod(t, e.ns, "leaving-1", "tally-agent", "node-a", nil, "agent")
+	leaving := c.Pod(t, e.ns, "leaving-1", "tally-agent", e.node.Name, nil, "agent")
 	leavingToken := c.Token(t, e.ns, "tally-agent", []string{"tally-server"}, leaving, time.Hour)
 	c.TerminatePod(t, leaving)
 
 	sa, err := c.Client.CoreV1().ServiceAccounts(e.ns).Get(context.Background(), "tally-agent", metav1.GetOptions{})
 	require.NoError(t, err)
-	hidden := []string{e.ns, "node-a", "node-b", "tally-agent", "other", string(sa.UID), string(e.node.UID),
+	hidden := []string{e.ns, e.node.Name, e.ns + "-node-b", "tally-agent", "other", string(sa.UID), string(e.node.UID),
 		string(old.UID), string(again.UID), string(nodeB.UID), string(nodeB2.UID), string(onB.UID), string(leaving.UID),
 		"recreated", "terminating", "exist", "uid"}
 	cases := []struct {
@@ -179,7 +179,7 @@ func TestAttackPSATTerminatingPod(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			pod := c.Pod(t, e.ns, "agent-"+tc.name, "tally-agent", "node-a", nil, "agent")
+			pod := c.Pod(t, e.ns, "agent-"+tc.name, "tally-agent", e.node.Name, nil, "agent")
 			token := c.Token(t, e.ns, "tally-agent", []string{"tally-server"}, pod, time.Hour)
 			tc.end(t, pod)
 			st := review(t, token)
@@ -192,7 +192,7 @@ func TestAttackPSATTerminatingPod(t *testing.T) {
 			}, 10*time.Second, 50*time.Millisecond)
 
 			// Its replacement on the same node attests, as the same node.
-			next := c.Pod(t, e.ns, "agent-"+tc.name+"-next", "tally-agent", "node-a", nil, "agent")
+			next := c.Pod(t, e.ns, "agent-"+tc.name+"-next", "tally-agent", e.node.Name, nil, "agent")
 			a, err := e.server.Attest(t, "k8s_psat", []byte(c.Token(t, e.ns, "tally-agent", []string{"tally-server"}, next, time.Hour)))
 			require.NoError(t, err)
 			require.Equal(t, "spiffe://example.org/tally/agent/k8s_psat/c1/"+string(e.node.UID), a.ID.String())

@@ -21,7 +21,6 @@ import (
 	"github.com/tallyid/tally/agent"
 	"github.com/tallyid/tally/ca/server"
 	"github.com/tallyid/tally/internal/config"
-	"github.com/tallyid/tally/test/internal/k8s"
 )
 
 // TestDeployManifests applies deploy/kubernetes to a real kube-apiserver
@@ -31,7 +30,7 @@ func TestDeployManifests(t *testing.T) {
 	_, file, _, _ := runtime.Caller(0)
 	raw, err := os.ReadFile(filepath.Join(filepath.Dir(file), "..", "..", "deploy", "kubernetes", "tally.yaml"))
 	require.NoError(t, err)
-	c := k8s.Start(t)
+	c := cluster.Get(t)
 	dyn, err := dynamic.NewForConfig(c.Config)
 	require.NoError(t, err)
 	resources := map[string]string{

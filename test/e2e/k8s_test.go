@@ -37,13 +37,15 @@ type k8sEnv struct {
 	dir      string
 }
 
+// startK8sEnv sets the env up in the package's shared cluster: a namespace
+// of its own, and a node named after it.
 func startK8sEnv(t *testing.T) *k8sEnv {
 	t.Helper()
-	c := k8s.Start(t)
+	c := cluster.Get(t)
 	e := &k8sEnv{cluster: c, ns: c.Namespace(t), dir: t.TempDir()}
 	c.ServiceAccount(t, e.ns, "tally-agent")
-	e.node = c.Node(t, "node-a", map[string]string{"zone": "a", "ignored": "x"})
-	e.agentPod = c.Pod(t, e.ns, "tally-agent-1", "tally-agent", "node-a", nil, "agent")
+	e.node = c.Node(t, e.ns+"-node-a", map[string]string{"zone": "a", "ignored": "x"})
+	e.agentPod = c.Pod(t, e.ns, "tally-agent-1", "tally-agent", e.node.Name, nil, "agent")
 	e.server = harness.StartServer(t, "--psat-cluster", "c1", "--psat-kubeconfig", c.Kubeconfig,
 		"--psat-service-account", e.ns+":tally-agent", "--psat-node-label-key", "zone")
 	return e
@@ -80,7 +82,7 @@ func TestK8sPSATAgentAttestation(t *testing.T) {
 		"k8s_psat:agent_sa:tally-agent",
 		"k8s_psat:agent_pod_name:tally-agent-1",
 		"k8s_psat:agent_pod_uid:" + string(e.agentPod.UID),
-		"k8s_psat:agent_node_name:node-a",
+		"k8s_psat:agent_node_name:" + e.node.Name,
 		"k8s_psat:agent_node_uid:" + string(e.node.UID),
 		"k8s_psat:agent_node_label:zone:a", // "ignored" is not allow-listed
 	}, sels)
@@ -92,18 +94,18 @@ func TestK8sPSATRefusals(t *testing.T) {
 	e := startK8sEnv(t)
 	c := e.cluster
 	c.ServiceAccount(t, e.ns, "other")
-	otherPod := c.Pod(t, e.ns, "other-1", "other", "node-a", nil, "x")
+	otherPod := c.Pod(t, e.ns, "other-1", "other", e.node.Name, nil, "x")
 
 	// A pod deleted after its token was issued, and one deleted and created
 	// again under the same name (new UID). Neither token was reviewed before
 	// (the apiserver caches successful reviews for 10 s).
-	gone := c.Pod(t, e.ns, "gone-1", "tally-agent", "node-a", nil, "agent")
+	gone := c.Pod(t, e.ns, "gone-1", "tally-agent", e.node.Name, nil, "agent")
 	goneToken := c.Token(t, e.ns, "tally-agent", []string{"tally-server"}, gone, time.Hour)
 	c.DeletePod(t, gone)
-	again := c.Pod(t, e.ns, "again-1", "tally-agent", "node-a", nil, "agent")
+	again := c.Pod(t, e.ns, "again-1", "tally-agent", e.node.Name, nil, "agent")
 	againToken := c.Token(t, e.ns, "tally-agent", []string{"tally-server"}, again, time.Hour)
 	c.DeletePod(t, again)
-	c.Pod(t, e.ns, "again-1", "tally-agent", "node-a", nil, "agent")
+	c.Pod(t, e.ns, "again-1", "tally-agent", e.node.Name, nil, "agent")
 
 	other := k8s.Start(t) // another cluster, another signing key
 	otherNS := other.Namespace(t)
@@ -176,20 +178,20 @@ func TestK8sWorkloadAttestation(t *testing.T) {
 		t.Run(source, func(t *testing.T) {
 			e := startK8sEnv(t)
 			c := e.cluster
-			sim := nodesim.Start(t, c, "node-a", nodesim.Options{})
+			sim := nodesim.Start(t, c, e.node.Name, nodesim.Options{})
 			c.ServiceAccount(t, e.ns, "web")
 			c.ServiceAccount(t, e.ns, "db")
-			web := c.Pod(t, e.ns, "web-1", "web", "node-a", map[string]string{"app": "web"}, "main")
-			db := c.Pod(t, e.ns, "db-1", "db", "node-a", map[string]string{"app": "db"}, "main")
+			web := c.Pod(t, e.ns, "web-1", "web", e.node.Name, map[string]string{"app": "web"}, "main")
+			db := c.Pod(t, e.ns, "db-1", "db", e.node.Name, map[string]string{"app": "db"}, "main")
 			c.ServiceAccount(t, e.ns, "batch")
-			batch := c.Pod(t, e.ns, "batch-1", "batch", "node-a", map[string]string{"app": "batch"}, "main")
+			batch := c.Pod(t, e.ns, "batch-1", "batch", e.node.Name, map[string]string{"app": "batch"}, "main")
 
 			args := []string{"--node-attestor", "k8s_psat", "--psat-token-path", e.file(t, "psat", e.agentToken(t)), "--pod-source", source}
 			if source == "kubelet" {
 				args = append(args, "--kubelet-url", sim.URL, "--kubelet-ca-file", sim.CAFile,
 					"--kubelet-token-path", e.file(t, "kubelet-token", c.Token(t, e.ns, "tally-agent", nil, e.agentPod, time.Hour)))
 			} else {
-				args = append(args, "--node-name", "node-a", "--kubeconfig", c.Kubeconfig)
+				args = append(args, "--node-name", e.node.Name, "--kubeconfig", c.Kubeconfig)
 			}
 			a := harness.NewAgent(t, e.server, args...)
 			a.Start(t)
@@ -252,16 +254,16 @@ func TestK8sKubeletRefusals(t *testing.T) {
 	e := startK8sEnv(t)
 	c := e.cluster
 	shared := strings.Repeat("ab", 32)
-	sim := nodesim.Start(t, c, "node-a", nodesim.Options{ContainerID: func(pod *corev1.Pod, _ string) string {
+	sim := nodesim.Start(t, c, e.node.Name, nodesim.Options{ContainerID: func(pod *corev1.Pod, _ string) string {
 		if strings.HasPrefix(pod.Name, "twin-") {
 			return shared // two pods claim one container ID
 		}
 		return ""
 	}})
 	c.ServiceAccount(t, e.ns, "web")
-	web := c.Pod(t, e.ns, "web-1", "web", "node-a", nil, "main")
-	twin := c.Pod(t, e.ns, "twin-1", "web", "node-a", nil, "main")
-	c.Pod(t, e.ns, "twin-2", "web", "node-a", nil, "main")
+	web := c.Pod(t, e.ns, "web-1", "web", e.node.Name, nil, "main")
+	twin := c.Pod(t, e.ns, "twin-1", "web", e.node.Name, nil, "main")
+	c.Pod(t, e.ns, "twin-2", "web", e.node.Name, nil, "main")
 	kubeletToken := e.file(t, "kubelet-token", c.Token(t, e.ns, "tally-agent", nil, e.agentPod, time.Hour))
 
 	run := func(a *harness.AgentProc, pod *corev1.Pod) (string, error) {
@@ -305,20 +307,20 @@ func metav1GetOptions() metav1.GetOptions { return metav1.GetOptions{} }
 // was down longer than the SVID's life) attests again with the fresh token
 // the kubelet rotated into its token file, keeping its node identity.
 func TestK8sExpiredAgentSVIDReattests(t *testing.T) {
-	c := k8s.Start(t)
+	c := cluster.Get(t)
 	e := &k8sEnv{cluster: c, ns: c.Namespace(t), dir: t.TempDir()}
 	c.ServiceAccount(t, e.ns, "tally-agent")
-	e.node = c.Node(t, "node-a", nil)
-	e.agentPod = c.Pod(t, e.ns, "tally-agent-1", "tally-agent", "node-a", nil, "agent")
+	e.node = c.Node(t, e.ns+"-node-a", nil)
+	e.agentPod = c.Pod(t, e.ns, "tally-agent-1", "tally-agent", e.node.Name, nil, "agent")
 	e.server = harness.StartServer(t, "--psat-cluster", "c1", "--psat-kubeconfig", c.Kubeconfig,
-		"--psat-service-account", e.ns+":tally-agent", "--ca-ttl", "3m", "--x509-svid-ttl", "20s")
+		"--psat-service-account", e.ns+":tally-agent", "--agent-svid-ttl", "3s")
 	tokenFile := e.file(t, "psat", e.agentToken(t))
 	a := harness.NewAgent(t, e.server, "--node-attestor", "k8s_psat", "--psat-token-path", tokenFile)
 	a.Start(t)
 	id := a.ID(t)
 	a.Stop(t)
 
-	time.Sleep(22 * time.Second) // the stored 20 s agent SVID expires
+	time.Sleep(4 * time.Second) // the stored 3 s agent SVID expires (a real process: no fake clock)
 	fresh := e.agentToken(t)
 	require.NoError(t, os.WriteFile(tokenFile, []byte(fresh), 0o600)) // the kubelet rotated it
 	a.Start(t)
@@ -333,7 +335,7 @@ func TestK8sExpiredAgentSVIDReattests(t *testing.T) {
 func TestK8sContainerNotYetListed(t *testing.T) {
 	e := startK8sEnv(t)
 	c := e.cluster
-	sim := nodesim.Start(t, c, "node-a", nodesim.Options{StartDelay: time.Second})
+	sim := nodesim.Start(t, c, e.node.Name, nodesim.Options{StartDelay: time.Second})
 	c.ServiceAccount(t, e.ns, "web")
 	a := harness.NewAgent(t, e.server, "--node-attestor", "k8s_psat", "--psat-token-path", e.file(t, "psat", e.agentToken(t)),
 		"--pod-source", "kubelet", "--kubelet-url", sim.URL, "--kubelet-ca-file", sim.CAFile,
@@ -344,7 +346,7 @@ func TestK8sContainerNotYetListed(t *testing.T) {
 			Selectors: []*tallyv1.Selector{{Type: "k8s_psat", Value: "cluster:c1"}}},
 		&tallyv1.Entry{SpiffeId: "spiffe://example.org/web", ParentId: "spiffe://example.org/nodes/c1",
 			Selectors: []*tallyv1.Selector{{Type: "k8s", Value: "sa:web"}}})
-	web := c.Pod(t, e.ns, "web-1", "web", "node-a", nil, "main")
+	web := c.Pod(t, e.ns, "web-1", "web", e.node.Name, nil, "main")
 	var out bytes.Buffer
 	cmd := exec.Command(harness.Binaries(t)+"/tallyctl", "svid", "fetch", "x509", "--socket-path", a.Socket)
 	cmd.Stdout, cmd.Stderr = &out, &out

@@ -3,7 +3,13 @@ package e2e
 import (
 	"os"
 	"testing"
+
+	"github.com/tallyid/tally/test/internal/k8s"
 )
+
+// cluster is the package's one Kubernetes control plane: tests take a
+// namespace each and name their nodes after it (startK8sEnv).
+var cluster k8s.Shared
 
 // roleEnv names a role this test binary plays instead of running tests: the
 // attacks need processes of their own (another uid, a process that executes
@@ -28,5 +34,7 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(run())
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	cluster.Stop()
+	os.Exit(code)
 }

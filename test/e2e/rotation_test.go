@@ -14,13 +14,14 @@ import (
 	"github.com/tallyid/tally/test/internal/harness"
 )
 
-// TestRotationWithoutOutage: with 30 s SVIDs (and a 3 min CA, so the CA
+// TestRotationWithoutOutage: with 10 s SVIDs (and a 1 min CA, so the CA
 // keys rotate too) an open stream receives each renewed SVID before the old
 // one expires, and two workloads talking mTLS every 200 ms see no failed
-// handshake for more than 2 minutes (800 calls, through the CA activating
-// its next key at 5/6 of 3 min).
+// handshake for a minute (300 calls, through the CA activating its next key
+// at 5/6 of 1 min). How often SVIDs renew is not asserted here: that is
+// timing, for a benchmark.
 func TestRotationWithoutOutage(t *testing.T) {
-	s := harness.StartServer(t, "--ca-ttl", "3m", "--x509-svid-ttl", "30s")
+	s := harness.StartServer(t, "--ca-ttl", "1m", "--x509-svid-ttl", "10s")
 	a := harness.StartAgent(t, s, "")
 	greeter := harness.Binaries(t) + "/greeter"
 	self, err := os.Executable()
@@ -38,7 +39,7 @@ func TestRotationWithoutOutage(t *testing.T) {
 		greeter, "server", "--addr", addr, "--peer-id", "spiffe://example.org/greeter/client")
 	server.WaitFor(t, "listening on", 30*time.Second)
 	client := harness.StartProcess(t, []string{"SPIFFE_ENDPOINT_SOCKET=" + a.Addr()}, 65534,
-		greeter, "client", "--addr", addr, "--peer-id", "spiffe://example.org/greeter/server", "--count", "800", "--every", "200ms")
+		greeter, "client", "--addr", addr, "--peer-id", "spiffe://example.org/greeter/server", "--count", "300", "--every", "200ms")
 
 	// Watch this process's own SVID on one open stream.
 	type seen struct {
@@ -64,10 +65,10 @@ func TestRotationWithoutOutage(t *testing.T) {
 	require.NoError(t, client.Wait(t, 4*time.Minute), client.Output())
 	cancel()
 	<-done
-	require.Equal(t, 800, strings.Count(client.Output(), "ok "), "every call succeeded")
+	require.Equal(t, 300, strings.Count(client.Output(), "ok "), "every call succeeded")
 	require.NotContains(t, client.Output(), "FAILED")
 
-	require.GreaterOrEqual(t, len(updates), 4, "a 30 s SVID renews at least 4 times in 2 minutes")
+	require.GreaterOrEqual(t, len(updates), 2, "the 10 s SVID was renewed during the minute of calls")
 	authorities := map[string]bool{}
 	for i, u := range updates {
 		authorities[u.authority] = true

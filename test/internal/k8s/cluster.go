@@ -25,6 +25,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -91,26 +92,9 @@ func Start(t testing.TB) *Cluster {
 // StartWith is Start with Options.
 func StartWith(t testing.TB, opts Options) *Cluster {
 	t.Helper()
-	if opts.SAIssuer == "" {
-		opts.SAIssuer = DefaultSAIssuer
-	}
-	bin := Binaries(t)
-	dir := t.TempDir()
-	p, err := newPKI(filepath.Join(dir, "pki"))
+	c, err := launch(Binaries(t), t.TempDir(), opts, t.Logf)
 	if err != nil {
 		t.Fatal(err)
-	}
-	var c *Cluster
-	for attempt := 1; ; attempt++ {
-		c, err = start(bin, dir, attempt, p, opts)
-		if err == nil {
-			break
-		}
-		// Free ports are found by binding :0 and closing; another process may win the race.
-		if !errors.Is(err, errPortTaken) || attempt == 3 {
-			t.Fatal(err)
-		}
-		t.Logf("k8s: %v; retrying with other ports", err)
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -119,6 +103,68 @@ func StartWith(t testing.TB, opts Options) *Cluster {
 		c.stop()
 	})
 	return c
+}
+
+// launch generates the PKI under dir and starts etcd and kube-apiserver,
+// retrying with other ports if a free port was taken meanwhile.
+func launch(bin, dir string, opts Options, logf func(string, ...any)) (*Cluster, error) {
+	if opts.SAIssuer == "" {
+		opts.SAIssuer = DefaultSAIssuer
+	}
+	p, err := newPKI(filepath.Join(dir, "pki"))
+	if err != nil {
+		return nil, err
+	}
+	for attempt := 1; ; attempt++ {
+		c, err := start(bin, dir, attempt, p, opts)
+		if err == nil {
+			return c, nil
+		}
+		// Free ports are found by binding :0 and closing; another process may win the race.
+		if !errors.Is(err, errPortTaken) || attempt == 3 {
+			return nil, err
+		}
+		logf("k8s: %v; retrying with other ports", err)
+	}
+}
+
+// Shared is one control plane for a whole test package, so that its tests
+// do not each pay for starting one: the first test that asks starts it,
+// and TestMain stops it after the last. Tests share it by taking a
+// namespace each (Namespace) and naming cluster-scoped objects (nodes)
+// after it. The zero value is ready; safe for concurrent use.
+type Shared struct {
+	once sync.Once
+	c    *Cluster
+	dir  string
+	err  error
+}
+
+// Get returns the shared cluster, starting it on first use; it fails t if
+// the cluster could not start.
+func (s *Shared) Get(t testing.TB) *Cluster {
+	t.Helper()
+	bin := Binaries(t)
+	s.once.Do(func() {
+		if s.dir, s.err = os.MkdirTemp("", "tally-k8s-"); s.err != nil {
+			return
+		}
+		s.c, s.err = launch(bin, s.dir, Options{}, t.Logf)
+	})
+	if s.err != nil {
+		t.Fatalf("k8s: shared cluster: %v", s.err)
+	}
+	return s.c
+}
+
+// Stop stops the shared cluster if it was started and removes its files.
+func (s *Shared) Stop() {
+	if s.c != nil {
+		s.c.stop()
+	}
+	if s.dir != "" {
+		os.RemoveAll(s.dir)
+	}
 }
 
 var errPortTaken = errors.New("port taken")
