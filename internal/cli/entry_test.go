@@ -2,20 +2,21 @@ package cli
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	tallyv1 "github.com/tallyid/tally/proto/tally/v1"
 )
 
 func TestEntryCreateFromFlags(t *testing.T) {
-	fake, socket := startFakeAdmin(t)
+	srv, socket := startAdmin(t)
 
 	res := runCLI(t, socket, "", "entry", "create",
 		"--spiffe-id", "spiffe://example.org/web",
@@ -26,7 +27,7 @@ func TestEntryCreateFromFlags(t *testing.T) {
 		"--hint", "web", "--admin")
 	require.Equal(t, 0, res.code, res.stderr)
 
-	reqs := fake.requests("BatchCreateEntries")
+	reqs := srv.requests("BatchCreateEntries")
 	require.Len(t, reqs, 1)
 	requireProto(t, &tallyv1.BatchCreateEntriesRequest{Entries: []*tallyv1.Entry{{
 		SpiffeId:       "spiffe://example.org/web",
@@ -38,22 +39,46 @@ func TestEntryCreateFromFlags(t *testing.T) {
 		Hint:           "web",
 		Admin:          true,
 	}}}, reqs[0])
-	require.Contains(t, res.stdout, "Entry ID:       entry-1\n")
+
+	// The server stored it, selectors sorted, with an ID, revision and
+	// creation time of its own.
+	stored := srv.storedEntries(t)
+	require.Len(t, stored, 1)
+	id := stored[0].Id
+	require.NotEmpty(t, id)
+	requireProto(t, &tallyv1.Entry{
+		Id:             id,
+		SpiffeId:       "spiffe://example.org/web",
+		ParentId:       "spiffe://example.org/agent",
+		Selectors:      []*tallyv1.Selector{{Type: "k8s", Value: "pod-label:app:a,b"}, {Type: "unix", Value: "uid:0"}},
+		X509TtlSeconds: 90,
+		JwtTtlSeconds:  300,
+		DnsNames:       []string{"web.example.org", "web"},
+		Hint:           "web",
+		Admin:          true,
+		Revision:       1,
+		CreatedAt:      testNow.Unix(),
+	}, stored[0])
+	require.True(t, srv.registry.IsAdmin("spiffe://example.org/web"), "the registry serves it")
+
+	require.Contains(t, res.stdout, "Entry ID:       "+id+"\n")
 	require.Contains(t, res.stdout, "X509-SVID TTL:  1m30s\n")
-	require.Contains(t, res.stdout, "Selectors:      unix:uid:0\n                k8s:pod-label:app:a,b\n")
+	require.Contains(t, res.stdout, "Selectors:      k8s:pod-label:app:a,b\n                unix:uid:0\n")
 }
 
 func TestEntryCreateJSONOutput(t *testing.T) {
-	_, socket := startFakeAdmin(t)
+	srv, socket := startAdmin(t)
 
 	res := runCLI(t, socket, "", "-o", "json", "entry", "create",
 		"--spiffe-id", "spiffe://example.org/web", "--parent-id", "spiffe://example.org/agent", "--selector", "unix:uid:0")
 	require.Equal(t, 0, res.code, res.stderr)
 
+	stored := srv.storedEntries(t)
+	require.Len(t, stored, 1)
 	var out entriesJSON
 	require.NoError(t, json.Unmarshal([]byte(res.stdout), &out))
 	require.Equal(t, entriesJSON{Entries: []entryJSON{{
-		ID:        "entry-1",
+		ID:        stored[0].Id,
 		SPIFFEID:  "spiffe://example.org/web",
 		ParentID:  "spiffe://example.org/agent",
 		Selectors: []selectorJSON{{Type: "unix", Value: "uid:0"}},
@@ -61,6 +86,11 @@ func TestEntryCreateJSONOutput(t *testing.T) {
 		Revision:  1,
 		CreatedAt: "2023-11-14T22:13:20Z",
 	}}}, out)
+
+	// entry list shows the created entry just as entry create did.
+	list := runCLI(t, socket, "", "-o", "json", "entry", "list")
+	require.Equal(t, 0, list.code, list.stderr)
+	require.JSONEq(t, res.stdout, list.stdout)
 }
 
 func TestEntryCreateFromData(t *testing.T) {
@@ -82,28 +112,49 @@ func TestEntryCreateFromData(t *testing.T) {
 			X509TtlSeconds: 7200, DnsNames: []string{"b"},
 		},
 	}}
+	// requireStored checks that the server stored the entries of want, and
+	// returns their IDs in want's order.
+	requireStored := func(t *testing.T, srv *adminServer) []string {
+		t.Helper()
+		stored := srv.storedEntries(t)
+		require.Len(t, stored, len(want.Entries))
+		var ids []string
+		for _, w := range want.Entries {
+			i := slices.IndexFunc(stored, func(e *tallyv1.Entry) bool { return e.SpiffeId == w.SpiffeId })
+			require.GreaterOrEqual(t, i, 0, "%s stored", w.SpiffeId)
+			got := proto.Clone(stored[i]).(*tallyv1.Entry)
+			ids = append(ids, got.Id)
+			require.NotEmpty(t, got.Id)
+			require.Equal(t, testNow.Unix(), got.CreatedAt)
+			got.Id, got.Revision, got.CreatedAt = "", 0, 0
+			requireProto(t, w, got)
+		}
+		return ids
+	}
 
 	t.Run("file", func(t *testing.T) {
-		fake, socket := startFakeAdmin(t)
+		srv, socket := startAdmin(t)
 		path := filepath.Join(t.TempDir(), "entries.json")
 		require.NoError(t, os.WriteFile(path, []byte(data), 0o600))
 
 		res := runCLI(t, socket, "", "entry", "create", "--data", path)
 		require.Equal(t, 0, res.code, res.stderr)
-		reqs := fake.requests("BatchCreateEntries")
+		reqs := srv.requests("BatchCreateEntries")
 		require.Len(t, reqs, 1)
 		requireProto(t, want, reqs[0])
-		require.Contains(t, res.stdout, "entry-1")
-		require.Contains(t, res.stdout, "entry-2")
+		for _, id := range requireStored(t, srv) {
+			require.Contains(t, res.stdout, "Entry ID:       "+id+"\n")
+		}
 	})
 	t.Run("stdin", func(t *testing.T) {
-		fake, socket := startFakeAdmin(t)
+		srv, socket := startAdmin(t)
 
 		res := runCLI(t, socket, data, "entry", "create", "--data", "-")
 		require.Equal(t, 0, res.code, res.stderr)
-		reqs := fake.requests("BatchCreateEntries")
+		reqs := srv.requests("BatchCreateEntries")
 		require.Len(t, reqs, 1)
 		requireProto(t, want, reqs[0])
+		requireStored(t, srv)
 	})
 }
 
@@ -137,75 +188,115 @@ func TestEntryCreateBadInput(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			fake, socket := startFakeAdmin(t)
+			srv, socket := startAdmin(t)
 			res := runCLI(t, socket, tt.stdin, append([]string{"entry", "create"}, tt.args...)...)
 			require.Equal(t, 1, res.code)
 			require.Contains(t, res.stderr, tt.wantErr)
 			require.Empty(t, res.stdout)
-			require.Zero(t, fake.callCount())
+			require.Zero(t, srv.callCount())
 		})
 	}
 }
 
 func TestEntryCreateServerError(t *testing.T) {
-	fake, socket := startFakeAdmin(t)
-	fake.failWith("BatchCreateEntries", status.Error(codes.InvalidArgument, `entries[0]: selector type "nope" is unknown`))
+	srv, socket := startAdmin(t)
 
 	res := runCLI(t, socket, "", "entry", "create",
 		"--spiffe-id", "spiffe://example.org/web", "--parent-id", "spiffe://example.org/agent", "--selector", "nope:x")
 	require.Equal(t, 1, res.code)
-	require.Equal(t, "Error: create entries: entries[0]: selector type \"nope\" is unknown (InvalidArgument)\n", res.stderr)
+	require.Equal(t, "Error: create entries: entry 0: registry: invalid: selector \"nope:x\": unknown type \"nope\" (known: k8s, k8s_psat, unix) (InvalidArgument)\n", res.stderr)
 	require.Empty(t, res.stdout)
+	require.Len(t, srv.requests("BatchCreateEntries"), 1, "refused by the server, not by tallyctl")
+	require.Empty(t, srv.storedEntries(t))
+
+	// A batch is created whole or not at all.
+	res = runCLI(t, socket, `{"entries": [
+		{"spiffe_id": "spiffe://example.org/a", "parent_id": "spiffe://example.org/p", "selectors": [{"type": "unix", "value": "uid:1"}]},
+		{"spiffe_id": "spiffe://example.org/a", "parent_id": "spiffe://example.org/p", "selectors": [{"type": "unix", "value": "uid:1"}]}
+	]}`, "entry", "create", "--data", "-")
+	require.Equal(t, 1, res.code)
+	require.Empty(t, res.stdout)
+	require.Regexp(t, `^Error: create entries: badgerstore: create entries: entry "[^"]+" equals entry "[^"]+" of the batch: store: already exists \(AlreadyExists\)\n$`, res.stderr)
+	require.Empty(t, srv.storedEntries(t))
 }
 
-// TestEntryListOutputRecreates checks that `entry list -o json` output can be
-// given back to `entry create --data`.
+// TestEntryListOutputRecreates checks that `entry list -o json` output of one
+// server can be given back to `entry create --data`, here of another server.
 func TestEntryListOutputRecreates(t *testing.T) {
-	fake, socket := startFakeAdmin(t)
-	src := testEntry()
-	src.Id, src.Revision, src.CreatedAt = "", 0, 0
-	fake.addEntry(src)
+	from, fromSocket := startAdmin(t)
+	src := from.addEntry(t, testEntry())
 
-	list := runCLI(t, socket, "", "-o", "json", "entry", "list")
+	list := runCLI(t, fromSocket, "", "-o", "json", "entry", "list")
 	require.Equal(t, 0, list.code, list.stderr)
-	res := runCLI(t, socket, list.stdout, "entry", "create", "--data", "-")
+
+	to, toSocket := startAdmin(t)
+	res := runCLI(t, toSocket, list.stdout, "entry", "create", "--data", "-")
 	require.Equal(t, 0, res.code, res.stderr)
 
-	reqs := fake.requests("BatchCreateEntries")
+	// The request is the entry as the first server stored it, less what
+	// only a server sets.
+	want := proto.Clone(src).(*tallyv1.Entry)
+	want.Id, want.Revision, want.CreatedAt = "", 0, 0
+	reqs := to.requests("BatchCreateEntries")
 	require.Len(t, reqs, 1)
-	requireProto(t, &tallyv1.BatchCreateEntriesRequest{Entries: []*tallyv1.Entry{src}}, reqs[0])
+	requireProto(t, &tallyv1.BatchCreateEntriesRequest{Entries: []*tallyv1.Entry{want}}, reqs[0])
+
+	stored := to.storedEntries(t)
+	require.Len(t, stored, 1)
+	require.NotEqual(t, src.Id, stored[0].Id, "the new server gave it its own ID")
+	got := proto.Clone(stored[0]).(*tallyv1.Entry)
+	got.Id = src.Id
+	requireProto(t, src, got)
 }
 
 func TestEntryShow(t *testing.T) {
-	fake, socket := startFakeAdmin(t)
-	e := fake.addEntry(testEntry())
+	srv, socket := startAdmin(t)
+	e := srv.addEntry(t, testEntry())
 
 	res := runCLI(t, socket, "", "entry", "show", e.Id)
 	require.Equal(t, 0, res.code, res.stderr)
-	requireProto(t, &tallyv1.GetEntryRequest{Id: e.Id}, fake.requests("GetEntry")[0])
+	requireProto(t, &tallyv1.GetEntryRequest{Id: e.Id}, srv.requests("GetEntry")[0])
+	require.Contains(t, res.stdout, "Entry ID:       "+e.Id+"\n")
 	require.Contains(t, res.stdout, "SPIFFE ID:      spiffe://example.org/web\n")
+	require.Contains(t, res.stdout, "Selectors:      unix:gid:0\n                unix:uid:0\n")
+	require.Contains(t, res.stdout, "Revision:       1\n")
 
 	res = runCLI(t, socket, "", "entry", "show", "missing")
 	require.Equal(t, 1, res.code)
-	require.Equal(t, "Error: get entry \"missing\": no entry \"missing\" (NotFound)\n", res.stderr)
+	require.Equal(t, "Error: get entry \"missing\": badgerstore: entry \"missing\": store: not found (NotFound)\n", res.stderr)
 }
 
+// TestEntryListPages lists more entries than the server puts in one page
+// (10,000, ca/api maxPageSize), through a filter that leaves some out.
 func TestEntryListPages(t *testing.T) {
-	fake, socket := startFakeAdmin(t)
-	for range 5 {
-		fake.addEntry(&tallyv1.Entry{SpiffeId: "spiffe://example.org/w", ParentId: "spiffe://example.org/agent"})
+	const n = 10_001
+	srv, socket := startAdmin(t)
+	agent := "spiffe://example.org/agent"
+	uid0, gid0 := &tallyv1.Selector{Type: "unix", Value: "uid:0"}, &tallyv1.Selector{Type: "unix", Value: "gid:0"}
+	var seed []*tallyv1.Entry
+	for i := range n {
+		seed = append(seed, &tallyv1.Entry{SpiffeId: fmt.Sprintf("spiffe://example.org/w/%d", i), ParentId: agent, Selectors: []*tallyv1.Selector{uid0, gid0}})
 	}
+	seed = append(seed,
+		&tallyv1.Entry{SpiffeId: "spiffe://example.org/uid-only", ParentId: agent, Selectors: []*tallyv1.Selector{uid0}},
+		&tallyv1.Entry{SpiffeId: "spiffe://example.org/other-parent", ParentId: "spiffe://example.org/other", Selectors: []*tallyv1.Selector{uid0, gid0}},
+	)
+	var wantIDs []string
+	for _, e := range srv.addEntries(t, seed...)[:n] {
+		wantIDs = append(wantIDs, e.Id)
+	}
+	slices.Sort(wantIDs)
 
 	res := runCLI(t, socket, "", "-o", "json", "entry", "list",
 		"--parent-id", "spiffe://example.org/agent", "--selector", "unix:uid:0", "--selector", "unix:gid:0")
 	require.Equal(t, 0, res.code, res.stderr)
 
-	reqs := fake.requests("ListEntries")
-	require.Len(t, reqs, 3)
-	for i, token := range []string{"", "2", "4"} {
+	reqs := srv.requests("ListEntries")
+	require.Len(t, reqs, 2)
+	for i, token := range []string{"", wantIDs[n-2]} {
 		requireProto(t, &tallyv1.ListEntriesRequest{
 			ByParentId:  "spiffe://example.org/agent",
-			BySelectors: []*tallyv1.Selector{{Type: "unix", Value: "uid:0"}, {Type: "unix", Value: "gid:0"}},
+			BySelectors: []*tallyv1.Selector{uid0, gid0},
 			PageToken:   token,
 		}, reqs[i])
 	}
@@ -215,29 +306,37 @@ func TestEntryListPages(t *testing.T) {
 	for _, e := range out.Entries {
 		ids = append(ids, e.ID)
 	}
-	require.Equal(t, []string{"entry-1", "entry-2", "entry-3", "entry-4", "entry-5"}, ids)
+	require.Equal(t, wantIDs, ids)
 
 	res = runCLI(t, socket, "", "entry", "list")
 	require.Equal(t, 0, res.code, res.stderr)
-	require.Contains(t, res.stdout, "Found 5 entries\n\nEntry ID:")
-	require.Contains(t, res.stdout, "Entry ID:       entry-5\n")
+	require.True(t, strings.HasPrefix(res.stdout, "Found 10003 entries\n\nEntry ID:"), res.stdout[:min(len(res.stdout), 200)])
+	require.Contains(t, res.stdout, "Entry ID:       "+wantIDs[n-1]+"\n")
+	require.Contains(t, res.stdout, "SPIFFE ID:      spiffe://example.org/other-parent\n")
+	require.Len(t, srv.requests("ListEntries"), 4)
 }
 
 func TestEntryListEmpty(t *testing.T) {
-	_, socket := startFakeAdmin(t)
+	srv, socket := startAdmin(t)
 
-	res := runCLI(t, socket, "", "entry", "list", "--spiffe-id", "spiffe://example.org/none")
-	require.Equal(t, 0, res.code, res.stderr)
-	require.Equal(t, "Found 0 entries\n", res.stdout)
-
-	res = runCLI(t, socket, "", "-o", "json", "entry", "list")
+	res := runCLI(t, socket, "", "-o", "json", "entry", "list")
 	require.Equal(t, 0, res.code, res.stderr)
 	require.JSONEq(t, `{"entries": []}`, res.stdout)
+
+	srv.addEntry(t, testEntry())
+	res = runCLI(t, socket, "", "entry", "list", "--spiffe-id", "spiffe://example.org/none")
+	require.Equal(t, 0, res.code, res.stderr)
+	require.Equal(t, "Found 0 entries\n", res.stdout)
+	requireProto(t, &tallyv1.ListEntriesRequest{BySpiffeId: "spiffe://example.org/none"}, srv.requests("ListEntries")[1])
+
+	res = runCLI(t, socket, "", "entry", "list", "--spiffe-id", "spiffe://example.org/web")
+	require.Equal(t, 0, res.code, res.stderr)
+	require.True(t, strings.HasPrefix(res.stdout, "Found 1 entry\n\n"), res.stdout)
 }
 
 func TestEntryUpdate(t *testing.T) {
-	fake, socket := startFakeAdmin(t)
-	e := fake.addEntry(testEntry())
+	srv, socket := startAdmin(t)
+	e := srv.addEntry(t, testEntry())
 
 	res := runCLI(t, socket, "", "entry", "update", e.Id, "--x509-ttl", "2h", "--dns", "", "--admin", "--hint", "")
 	require.Equal(t, 0, res.code, res.stderr)
@@ -248,54 +347,81 @@ func TestEntryUpdate(t *testing.T) {
 	want.DnsNames = nil
 	want.Admin = true
 	want.Hint = ""
-	reqs := fake.requests("UpdateEntry")
+	reqs := srv.requests("UpdateEntry")
 	require.Len(t, reqs, 1)
 	requireProto(t, &tallyv1.UpdateEntryRequest{Entry: want}, reqs[0])
 	require.Contains(t, res.stdout, "X509-SVID TTL:  2h\n")
 	require.Contains(t, res.stdout, "Revision:       2\n")
+	stored := srv.storedEntries(t)
+	require.Len(t, stored, 1)
+	wantStored := proto.Clone(want).(*tallyv1.Entry)
+	wantStored.Revision = 2
+	requireProto(t, wantStored, stored[0])
 
 	res = runCLI(t, socket, "", "entry", "update", e.Id, "--selector", "unix:uid:5", "--spiffe-id", "spiffe://example.org/web2")
 	require.Equal(t, 0, res.code, res.stderr)
-	reqs = fake.requests("UpdateEntry")
+	reqs = srv.requests("UpdateEntry")
 	require.Len(t, reqs, 2)
 	want.Selectors = []*tallyv1.Selector{{Type: "unix", Value: "uid:5"}}
 	want.SpiffeId = "spiffe://example.org/web2"
 	want.Revision = 2
 	requireProto(t, &tallyv1.UpdateEntryRequest{Entry: want}, reqs[1])
+	stored = srv.storedEntries(t)
+	require.Len(t, stored, 1)
+	want.Revision = 3
+	requireProto(t, want, stored[0])
 }
 
 func TestEntryUpdateErrors(t *testing.T) {
-	fake, socket := startFakeAdmin(t)
+	srv, socket := startAdmin(t)
 
 	res := runCLI(t, socket, "", "entry", "update", "entry-1")
 	require.Equal(t, 1, res.code)
 	require.Contains(t, res.stderr, "Error: nothing to update")
-	require.Zero(t, fake.callCount())
+	require.Zero(t, srv.callCount())
 
 	res = runCLI(t, socket, "", "entry", "update", "entry-1", "--selector", "bad")
 	require.Equal(t, 1, res.code)
 	require.Contains(t, res.stderr, `Error: selector "bad": want type:value`)
-	require.Zero(t, fake.callCount())
+	require.Zero(t, srv.callCount())
 
 	res = runCLI(t, socket, "", "entry", "update", "entry-9", "--admin")
 	require.Equal(t, 1, res.code)
-	require.Equal(t, "Error: get entry \"entry-9\": no entry \"entry-9\" (NotFound)\n", res.stderr)
-	require.Empty(t, fake.requests("UpdateEntry"))
+	require.Equal(t, "Error: get entry \"entry-9\": badgerstore: entry \"entry-9\": store: not found (NotFound)\n", res.stderr)
+	require.Empty(t, srv.requests("UpdateEntry"))
+
+	// The server validates the entry as updated.
+	e := srv.addEntry(t, testEntry())
+	res = runCLI(t, socket, "", "entry", "update", e.Id, "--x509-ttl", "5h")
+	require.Equal(t, 1, res.code)
+	require.Contains(t, res.stderr, "x509_ttl: 5h0m0s exceeds the maximum 4h0m0s (CA TTL / 6) (InvalidArgument)\n")
+	require.Len(t, srv.requests("UpdateEntry"), 1)
+	requireProto(t, e, srv.storedEntries(t)[0])
 }
 
 func TestEntryDelete(t *testing.T) {
-	fake, socket := startFakeAdmin(t)
-	a := fake.addEntry(&tallyv1.Entry{SpiffeId: "spiffe://example.org/a"})
-	b := fake.addEntry(&tallyv1.Entry{SpiffeId: "spiffe://example.org/b"})
+	srv, socket := startAdmin(t)
+	added := srv.addEntries(t,
+		&tallyv1.Entry{SpiffeId: "spiffe://example.org/a", ParentId: "spiffe://example.org/agent", Selectors: []*tallyv1.Selector{{Type: "unix", Value: "uid:1"}}},
+		&tallyv1.Entry{SpiffeId: "spiffe://example.org/b", ParentId: "spiffe://example.org/agent", Selectors: []*tallyv1.Selector{{Type: "unix", Value: "uid:2"}}},
+		&tallyv1.Entry{SpiffeId: "spiffe://example.org/c", ParentId: "spiffe://example.org/agent", Selectors: []*tallyv1.Selector{{Type: "unix", Value: "uid:3"}}},
+	)
+	a, b, c := added[0], added[1], added[2]
 
 	res := runCLI(t, socket, "", "entry", "delete", a.Id, b.Id)
 	require.Equal(t, 0, res.code, res.stderr)
-	requireProto(t, &tallyv1.BatchDeleteEntriesRequest{Ids: []string{a.Id, b.Id}}, fake.requests("BatchDeleteEntries")[0])
-	require.Equal(t, "Deleted entry entry-1\nDeleted entry entry-2\n", res.stdout)
+	requireProto(t, &tallyv1.BatchDeleteEntriesRequest{Ids: []string{a.Id, b.Id}}, srv.requests("BatchDeleteEntries")[0])
+	require.Equal(t, "Deleted entry "+a.Id+"\nDeleted entry "+b.Id+"\n", res.stdout)
+	stored := srv.storedEntries(t)
+	require.Len(t, stored, 1)
+	require.Equal(t, c.Id, stored[0].Id)
 
-	res = runCLI(t, socket, "", "-o", "json", "entry", "delete", "entry-1")
+	// All or none: c stays when a is gone already.
+	res = runCLI(t, socket, "", "-o", "json", "entry", "delete", c.Id, a.Id)
 	require.Equal(t, 1, res.code)
-	require.Equal(t, "Error: delete entries: no entry \"entry-1\" (NotFound)\n", res.stderr)
+	require.Equal(t, "Error: delete entries: badgerstore: delete entries: entry \""+a.Id+"\": store: not found (NotFound)\n", res.stderr)
+	require.Empty(t, res.stdout)
+	require.Len(t, srv.storedEntries(t), 1)
 
 	res = runCLI(t, socket, "", "entry", "delete")
 	require.Equal(t, 1, res.code)

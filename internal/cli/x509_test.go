@@ -1,10 +1,12 @@
 package cli
 
 import (
+	"crypto/ecdsa"
 	"crypto/x509"
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,14 +14,12 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/stretchr/testify/require"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	tallyv1 "github.com/tallyid/tally/proto/tally/v1"
 )
 
 func TestX509Mint(t *testing.T) {
-	fake, socket := startFakeAdmin(t)
+	srv, socket := startAdmin(t)
 	dir := filepath.Join(t.TempDir(), "out")
 
 	res := runCLI(t, socket, "", "x509", "mint", "--spiffe-id", "spiffe://example.org/web",
@@ -27,7 +27,7 @@ func TestX509Mint(t *testing.T) {
 	require.Equal(t, 0, res.code, res.stderr)
 
 	// The request carries a CSR for the ID and DNS names, signed by its key.
-	reqs := fake.requests("MintX509SVID")
+	reqs := srv.requests("MintX509SVID")
 	require.Len(t, reqs, 1)
 	req := reqs[0].(*tallyv1.MintX509SVIDRequest)
 	require.Equal(t, "spiffe://example.org/web", req.SpiffeId)
@@ -54,9 +54,12 @@ func TestX509Mint(t *testing.T) {
 
 	bundle, err := x509bundle.Load(testTD, filepath.Join(dir, "bundle.pem"))
 	require.NoError(t, err)
-	require.True(t, bundle.HasX509Authority(fake.ca.cert))
+	require.True(t, bundle.Equal(srv.authority.Bundle().X509Bundle()), "the server's X.509 authorities")
 	_, _, err = x509svid.Verify(svid.Certificates, bundle, x509svid.WithTime(testNow))
 	require.NoError(t, err)
+	require.True(t, testNow.Add(2*time.Hour).Equal(svid.Certificates[0].NotAfter), "not after %s", svid.Certificates[0].NotAfter)
+	require.True(t, svid.Certificates[0].PublicKey.(*ecdsa.PublicKey).Equal(csr.PublicKey), "certifies the key of the CSR")
+	require.Len(t, srv.requests("GetBundle"), 1)
 
 	expires := testNow.Add(2 * time.Hour).UTC().Format(time.RFC3339)
 	require.Equal(t, "SPIFFE ID:  spiffe://example.org/web\n"+
@@ -67,7 +70,7 @@ func TestX509Mint(t *testing.T) {
 }
 
 func TestX509MintReplacesFiles(t *testing.T) {
-	_, socket := startFakeAdmin(t)
+	srv, socket := startAdmin(t)
 	dir := t.TempDir()
 	keyPath := filepath.Join(dir, "key.pem")
 	require.NoError(t, os.WriteFile(keyPath, []byte("old"), 0o644))
@@ -78,7 +81,9 @@ func TestX509MintReplacesFiles(t *testing.T) {
 	info, err := os.Stat(keyPath)
 	require.NoError(t, err)
 	require.Equal(t, os.FileMode(0o600), info.Mode().Perm())
-	_, err = x509svid.Load(filepath.Join(dir, "svid.pem"), keyPath)
+	svid, err := x509svid.Load(filepath.Join(dir, "svid.pem"), keyPath)
+	require.NoError(t, err)
+	_, _, err = x509svid.Verify(svid.Certificates, srv.authority.Bundle(), x509svid.WithTime(testNow))
 	require.NoError(t, err)
 
 	var out mintedX509JSON
@@ -99,23 +104,20 @@ func TestX509MintErrors(t *testing.T) {
 	tests := []struct {
 		name    string
 		args    []string
-		fail    error
 		wantErr string
 	}{
 		{name: "no ID", args: []string{"--out-dir", "x"}, wantErr: "Error: --spiffe-id is required"},
 		{name: "no out dir", args: []string{"--spiffe-id", "spiffe://example.org/web"}, wantErr: "Error: --out-dir is required"},
 		{name: "bad ttl", args: []string{"--spiffe-id", "spiffe://example.org/web", "--out-dir", "x", "--ttl", "100ms"},
 			wantErr: "Error: --ttl 100ms: must be a whole number of seconds"},
-		{name: "server refuses", args: []string{"--spiffe-id", "spiffe://example.org/web", "--out-dir", "x"},
-			fail:    status.Error(codes.PermissionDenied, "not allowed"),
-			wantErr: "Error: mint X509-SVID: not allowed (PermissionDenied)\n"},
+		{name: "server refuses", args: []string{"--spiffe-id", "spiffe://example.org/tally/agent/x", "--out-dir", "x"},
+			wantErr: "Error: mint X509-SVID: invalid request: spiffe_id: \"spiffe://example.org/tally/agent/x\": the /tally/ path is reserved (InvalidArgument)\n"},
+		{name: "server refuses TTL", args: []string{"--spiffe-id", "spiffe://example.org/web", "--out-dir", "x", "--ttl", "5h"},
+			wantErr: "(InvalidArgument)\n"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			fake, socket := startFakeAdmin(t)
-			if tt.fail != nil {
-				fake.failWith("MintX509SVID", tt.fail)
-			}
+			srv, socket := startAdmin(t)
 			dir := t.TempDir()
 			t.Chdir(dir)
 			res := runCLI(t, socket, "", append([]string{"x509", "mint"}, tt.args...)...)
@@ -124,6 +126,11 @@ func TestX509MintErrors(t *testing.T) {
 			entries, err := os.ReadDir(dir)
 			require.NoError(t, err)
 			require.Empty(t, entries, "nothing is written")
+			if strings.HasPrefix(tt.name, "server") {
+				require.Len(t, srv.requests("MintX509SVID"), 1)
+			} else {
+				require.Zero(t, srv.callCount())
+			}
 		})
 	}
 }

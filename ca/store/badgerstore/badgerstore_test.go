@@ -20,7 +20,7 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/tallyid/tally/ca/store"
-	"github.com/tallyid/tally/ca/store/storetest"
+	"github.com/tallyid/tally/ca/store/internal/storetest"
 )
 
 func testLogger(t testing.TB) *slog.Logger {
