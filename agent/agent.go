@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -12,13 +11,15 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
 	"k8s.io/utils/clock"
 
 	"github.com/tallyid/tally/attest/jointoken"
 	"github.com/tallyid/tally/attest/k8spsat"
+	"github.com/tallyid/tally/internal/health"
+	"github.com/tallyid/tally/internal/httpserve"
+	"github.com/tallyid/tally/internal/reserved"
 	"github.com/tallyid/tally/workloadapi"
 )
 
@@ -51,7 +52,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		log:      log,
 		clock:    clock.RealClock{},
 		td:       td,
-		serverID: spiffeid.RequireFromPath(td, "/tally/server"),
+		serverID: reserved.ServerID(td),
 		attestor: nodeAttestor(cfg),
 		metrics:  NewMetrics(reg),
 		reg:      reg,
@@ -118,7 +119,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("agent: health_address: %w", err)
 	}
-	health := &http.Server{Handler: a.healthHandler(), ReadHeaderTimeout: 10 * time.Second}
+	healthSrv := &http.Server{Handler: health.Handler(a.isReady, a.reg), ReadHeaderTimeout: 10 * time.Second}
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.keepIdentity(ctx) })
@@ -128,18 +129,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		g.Go(func() error { return runAttestors(ctx) })
 	}
 	g.Go(func() error { return ws.Serve(ctx, a.cfg.SocketPath) })
-	g.Go(func() error {
-		go func() {
-			<-ctx.Done()
-			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			_ = health.Shutdown(sctx)
-		}()
-		if err := health.Serve(healthLis); !errors.Is(err, http.ErrServerClosed) {
-			return err
-		}
-		return nil
-	})
+	g.Go(func() error { return httpserve.Serve(ctx, healthSrv, healthLis, false) })
 	a.ready.Store(true)
 	a.log.Info("tally agent running", "spiffe_id", a.agentID(), "socket_path", a.cfg.SocketPath, "server_address", a.cfg.ServerAddress)
 	return g.Wait()
@@ -176,16 +166,5 @@ func (a *Agent) agentID() string {
 	return ""
 }
 
-func (a *Agent) healthHandler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !a.ready.Load() || !a.cache.Synced() {
-			http.Error(w, "not ready", http.StatusServiceUnavailable)
-			return
-		}
-		_, _ = w.Write([]byte("ok\n"))
-	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
-	return mux
-}
+// isReady: running, and the entries are in sync with the server.
+func (a *Agent) isReady() bool { return a.ready.Load() && a.cache.Synced() }

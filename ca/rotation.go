@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
+
+	"github.com/tallyid/tally/internal/backoff"
 )
 
 const (
@@ -25,18 +27,17 @@ const (
 // (journal, then bundle) and logged. A failed step is retried with
 // exponential backoff; the current keys keep signing meanwhile.
 func (a *Authority) Run(ctx context.Context) error {
-	var retry time.Duration
+	retry := backoff.New(minRetry, maxRetry)
 	for {
 		next, err := a.tick(ctx)
 		wait := next.Sub(a.clock.Now())
 		if err != nil {
-			retry = min(max(2*retry, minRetry), maxRetry)
-			wait = retry
+			wait = retry.Next()
 			if ctx.Err() == nil {
-				a.log.Error("ca rotation step failed", logKeyError, err, logKeyRetryIn, retry)
+				a.log.Error("ca rotation step failed", logKeyError, err, logKeyRetryIn, wait)
 			}
 		} else {
-			retry = 0
+			retry.Reset()
 		}
 		wait = max(wait, 0)
 		t := a.clock.NewTimer(wait)

@@ -21,6 +21,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	kmsapi "go.step.sm/crypto/kms/apiv1"
 	"go.step.sm/crypto/x509util"
+
+	"github.com/tallyid/tally/internal/dnsname"
 )
 
 const (
@@ -235,22 +237,10 @@ func leafKeyUsage(pub crypto.PublicKey) (x509.KeyUsage, error) {
 	}
 }
 
-// checkDNSName accepts host names with an optional leading "*." wildcard.
+// checkDNSName applies the one DNS name rule (internal/dnsname).
 func checkDNSName(name string) error {
-	host := strings.TrimPrefix(name, "*.")
-	if host == "" || len(name) > 253 {
-		return fmt.Errorf("%w: invalid dns name %q", ErrInvalidParams, name)
-	}
-	for label := range strings.SplitSeq(host, ".") {
-		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
-			return fmt.Errorf("%w: invalid dns name %q", ErrInvalidParams, name)
-		}
-		for i := 0; i < len(label); i++ {
-			c := label[i]
-			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
-				return fmt.Errorf("%w: invalid dns name %q", ErrInvalidParams, name)
-			}
-		}
+	if err := dnsname.Check(name); err != nil {
+		return fmt.Errorf("%w: invalid dns name %q: %w", ErrInvalidParams, name, err)
 	}
 	return nil
 }

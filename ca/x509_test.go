@@ -159,6 +159,9 @@ func TestX509SVIDBadParams(t *testing.T) {
 		{"trust domain id", X509SVIDParams{PublicKey: good, ID: testTD.ID()}, "has no path"},
 		{"bad dns", X509SVIDParams{PublicKey: good, ID: id, DNSNames: []string{"a..b"}}, "invalid dns name"},
 		{"empty dns", X509SVIDParams{PublicKey: good, ID: id, DNSNames: []string{""}}, "invalid dns name"},
+		// One DNS rule for the CA and for entries (internal/dnsname): no underscores.
+		{"underscore", X509SVIDParams{PublicKey: good, ID: id, DNSNames: []string{"web_1.example.org"}}, "invalid dns name"},
+		{"bare wildcard", X509SVIDParams{PublicKey: good, ID: id, DNSNames: []string{"*"}}, "invalid dns name"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := e.a.SignX509SVID(context.Background(), tc.p)

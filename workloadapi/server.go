@@ -12,11 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
-	"net"
-	"os"
-	"path/filepath"
 	"sync/atomic"
 	"time"
 
@@ -25,6 +21,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/tallyid/tally/internal/peercred"
+	"github.com/tallyid/tally/internal/unixsock"
 )
 
 // Log keys.
@@ -120,9 +117,9 @@ func (s *Server) Serve(ctx context.Context, socketPath string) error {
 	if !s.started.CompareAndSwap(false, true) {
 		return errors.New("workloadapi: server already started")
 	}
-	lis, err := listen(socketPath)
+	lis, err := unixsock.Listen(socketPath, 0o777)
 	if err != nil {
-		return err
+		return fmt.Errorf("workloadapi: socket: %w", err)
 	}
 	gs := grpc.NewServer(
 		grpc.Creds(peercred.Credentials()),
@@ -160,39 +157,6 @@ func (s *Server) Serve(ctx context.Context, socketPath string) error {
 	<-served
 	s.log.Info("workload api stopped")
 	return nil
-}
-
-// listen prepares path and listens on it; see Serve. The socket file is
-// removed when the listener is closed.
-func listen(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, fmt.Errorf("workloadapi: socket directory: %w", err)
-	}
-	fi, err := os.Lstat(path)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-	case err != nil:
-		return nil, fmt.Errorf("workloadapi: socket: %w", err)
-	case fi.Mode().Type() != fs.ModeSocket:
-		return nil, fmt.Errorf("workloadapi: socket: %s exists and is not a socket", path)
-	default:
-		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("workloadapi: socket: %s is in use by another server", path)
-		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("workloadapi: remove stale socket: %w", err)
-		}
-	}
-	lis, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("workloadapi: listen: %w", err)
-	}
-	if err := os.Chmod(path, 0o777); err != nil {
-		lis.Close()
-		return nil, fmt.Errorf("workloadapi: socket mode: %w", err)
-	}
-	return lis, nil
 }
 
 // FetchWITSVID is not served: Tally issues no WIT-SVIDs.

@@ -13,6 +13,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/tallyid/tally/attest"
+	"github.com/tallyid/tally/internal/reserved"
 )
 
 // Type is the attestation type name on the wire.
@@ -53,7 +54,11 @@ func TokenID(token string) string {
 
 // AgentID is the SPIFFE ID of the agent that used token.
 func AgentID(td spiffeid.TrustDomain, token string) spiffeid.ID {
-	return spiffeid.RequireFromSegments(td, "tally", "agent", Type, TokenID(token))
+	id, err := reserved.AgentID(td, Type, TokenID(token))
+	if err != nil {
+		panic(err) // a token ID is hex: always a valid segment
+	}
+	return id
 }
 
 // Attest consumes the token in data.

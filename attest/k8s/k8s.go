@@ -16,6 +16,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/tallyid/tally/attest"
+	"github.com/tallyid/tally/internal/backoff"
 )
 
 // Type is the selector type this attestor produces: "k8s:ns:default" is
@@ -232,7 +233,7 @@ func (a *Attestor) Attest(ctx context.Context, p attest.Process) ([]attest.Selec
 // a.retryFor while none does.
 func (a *Attestor) findPod(ctx context.Context, ids cgroupIDs) (*corev1.Pod, error) {
 	start := a.clock.Now()
-	wait := firstBackoff
+	waits := &backoff.Backoff{Min: firstBackoff, Max: maxBackoff} // no jitter: a poll, not a retry storm
 	var seen uint64
 	for {
 		f, err := a.src.find(ctx, ids.PodUID, ids.ContainerID, seen)
@@ -268,13 +269,12 @@ func (a *Attestor) findPod(ctx context.Context, ids cgroupIDs) (*corev1.Pod, err
 			}
 		}
 		a.log.Debug("container not listed yet, looking again", logKeyPodUID, ids.PodUID, logKeyContainer, ids.ContainerID, logKeyError, err)
-		t := a.clock.NewTimer(min(wait, left))
+		t := a.clock.NewTimer(min(waits.Next(), left))
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return nil, ctx.Err()
 		case <-t.C():
 		}
-		wait = min(2*wait, maxBackoff)
 	}
 }

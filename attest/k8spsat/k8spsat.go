@@ -21,6 +21,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/tallyid/tally/attest"
+	"github.com/tallyid/tally/internal/reserved"
 )
 
 // Type is the attestation type name on the wire, and the type of the
@@ -283,7 +284,7 @@ func (a *Attestor) attest(ctx context.Context, data []byte) (attest.NodeResult, 
 	if err != nil {
 		return attest.NodeResult{}, nil, err
 	}
-	id, err := spiffeid.FromSegments(a.td, "tally", "agent", Type, a.cluster, node.uid)
+	id, err := reserved.AgentID(a.td, Type, a.cluster, node.uid)
 	if err != nil {
 		return attest.NodeResult{}, nil, fmt.Errorf("k8spsat: agent ID for node %s uid %q: %w", nodeName, node.uid, err)
 	}

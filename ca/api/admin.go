@@ -19,6 +19,7 @@ import (
 	"github.com/tallyid/tally/ca/registry"
 	"github.com/tallyid/tally/ca/store"
 	"github.com/tallyid/tally/internal/peercred"
+	"github.com/tallyid/tally/internal/reserved"
 	tallyv1 "github.com/tallyid/tally/proto/tally/v1"
 )
 
@@ -224,7 +225,7 @@ func (a *Admin) checkID(s string) error {
 		return fmt.Errorf("%q is not in trust domain %q", s, a.cfg.TrustDomain.Name())
 	case id.Path() == "":
 		return fmt.Errorf("%q needs a path", s)
-	case strings.HasPrefix(id.Path(), "/tally/"):
+	case reserved.IsReserved(id):
 		return fmt.Errorf("%q: the /tally/ path is reserved", s)
 	}
 	return nil

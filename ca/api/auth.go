@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -14,6 +13,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
+
+	"github.com/tallyid/tally/internal/reserved"
 )
 
 // peerVerifier verifies callers' TLS client certificates as X509-SVIDs of
@@ -98,7 +99,7 @@ func earlier(a, b time.Time) time.Time {
 
 // isAgentID reports whether id names an agent.
 func isAgentID(id spiffeid.ID) bool {
-	return strings.HasPrefix(id.Path(), "/tally/agent/")
+	return reserved.IsAgent(id)
 }
 
 func serialString(c *x509.Certificate) string { return c.SerialNumber.Text(16) }

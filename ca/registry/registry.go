@@ -18,6 +18,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/tallyid/tally/ca/store"
+	"github.com/tallyid/tally/internal/reserved"
 	"github.com/tallyid/tally/internal/text"
 )
 
@@ -95,16 +96,10 @@ func New(cfg Config) *Registry {
 	}
 	return &Registry{
 		cfg:      cfg,
-		serverID: ServerID(cfg.TrustDomain).String(),
+		serverID: reserved.ServerID(cfg.TrustDomain).String(),
 		idx:      newIndex(),
 		subs:     map[int]chan struct{}{},
 	}
-}
-
-// ServerID is the SPIFFE ID of the Tally server. Entries parented to it
-// with node selectors are node aliases.
-func ServerID(td spiffeid.TrustDomain) spiffeid.ID {
-	return spiffeid.RequireFromPath(td, "/tally/server")
 }
 
 // Load reads every entry from the store. It may be called again to reload.

@@ -12,6 +12,7 @@ import (
 	"github.com/tallyid/tally/ca/registry"
 	"github.com/tallyid/tally/ca/store"
 	"github.com/tallyid/tally/ca/store/badgerstore"
+	"github.com/tallyid/tally/internal/reserved"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("example.org")
@@ -158,7 +159,7 @@ func TestChangesAndAuthorized(t *testing.T) {
 
 func TestNodeAliasBySelectors(t *testing.T) {
 	r, _ := newRegistry(t, 0)
-	server := registry.ServerID(td).String()
+	server := reserved.ServerID(td).String()
 	alias := entry("nodes/zone-a", server, "k8s_psat:cluster:c1", "k8s_psat:agent_node_label:zone:a")
 	create(t, r, alias, entry("web", "spiffe://example.org/nodes/zone-a", "k8s:ns:shop"))
 

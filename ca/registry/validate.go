@@ -3,7 +3,6 @@ package registry
 import (
 	"cmp"
 	"fmt"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -11,6 +10,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/tallyid/tally/ca/store"
+	"github.com/tallyid/tally/internal/dnsname"
+	"github.com/tallyid/tally/internal/reserved"
 )
 
 // Limits bound what an entry may ask for.
@@ -21,14 +22,11 @@ type Limits struct {
 }
 
 const (
-	maxHintLen      = 1024
-	maxDNSNames     = 64
-	maxSelectors    = 64
-	maxSPIFFEIDLen  = 2048
-	reservedAgentNS = "/tally/"
+	maxHintLen     = 1024
+	maxDNSNames    = 64
+	maxSelectors   = 64
+	maxSPIFFEIDLen = 2048
 )
-
-var dnsLabel = regexp.MustCompile(`^(\*|[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)$`)
 
 // ValidateEntry checks an entry for creation or update and normalises it
 // (selectors sorted, DNS names lowercased). It returns errors wrapping
@@ -45,7 +43,7 @@ func ValidateEntry(td spiffeid.TrustDomain, lim Limits, e *store.Entry) error {
 	if id.Path() == "" {
 		return fmt.Errorf("%w: spiffe_id %q: a workload ID needs a path", ErrInvalid, e.SPIFFEID)
 	}
-	if strings.HasPrefix(id.Path(), reservedAgentNS) {
+	if reserved.IsReserved(id) {
 		return fmt.Errorf("%w: spiffe_id %q: the /tally/ path is reserved for agents and servers", ErrInvalid, e.SPIFFEID)
 	}
 	if _, err := validateID(td, "parent_id", e.ParentID); err != nil {
@@ -119,14 +117,8 @@ func validateTTL(field string, ttl, limit time.Duration) error {
 }
 
 func validateDNSName(name string) error {
-	if name == "" || len(name) > 253 {
-		return fmt.Errorf("%w: dns_names: %q is not a DNS name", ErrInvalid, name)
-	}
-	labels := strings.Split(name, ".")
-	for i, l := range labels {
-		if !dnsLabel.MatchString(l) || (l == "*" && i != 0) {
-			return fmt.Errorf("%w: dns_names: %q is not a DNS name", ErrInvalid, name)
-		}
+	if err := dnsname.Check(name); err != nil {
+		return fmt.Errorf("%w: dns_names: %q is not a DNS name: %w", ErrInvalid, name, err)
 	}
 	return nil
 }

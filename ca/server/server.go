@@ -15,7 +15,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
@@ -30,7 +29,11 @@ import (
 	"github.com/tallyid/tally/ca/registry"
 	"github.com/tallyid/tally/ca/store"
 	"github.com/tallyid/tally/ca/store/badgerstore"
+	"github.com/tallyid/tally/internal/health"
+	"github.com/tallyid/tally/internal/httpserve"
 	"github.com/tallyid/tally/internal/peercred"
+	"github.com/tallyid/tally/internal/reserved"
+	"github.com/tallyid/tally/internal/unixsock"
 	tallyv1 "github.com/tallyid/tally/proto/tally/v1"
 )
 
@@ -111,7 +114,7 @@ func (s *Server) Run(ctx context.Context) error {
 	registerGauges(reg, entries, st, authority, upstreamCollector{a: authority, clock: s.clock, slotTTL: cfg.CATTL})
 	metrics := api.NewMetrics(reg)
 
-	svid := newServerSVID(registry.ServerID(s.td), authority, s.clock, s.log.With("component", "server-svid"))
+	svid := newServerSVID(reserved.ServerID(s.td), authority, s.clock, s.log.With("component", "server-svid"))
 	if err := svid.renew(ctx); err != nil {
 		return err
 	}
@@ -186,10 +189,10 @@ func (s *Server) Run(ctx context.Context) error {
 	// Admin API on the Unix socket: the file mode is the authorisation.
 	unixGRPC := grpc.NewServer(grpc.Creds(peercred.Credentials()), grpc.MaxRecvMsgSize(64<<20))
 	tallyv1.RegisterAdminServer(unixGRPC, admin)
-	adminLis, err := listenUnix(cfg.AdminSocket)
+	adminLis, err := unixsock.Listen(cfg.AdminSocket, 0o600)
 	if err != nil {
 		nodeTCP.Close()
-		return err
+		return fmt.Errorf("server: admin_socket: %w", err)
 	}
 
 	httpsLis, err := net.Listen("tcp", cfg.HTTPAddress)
@@ -217,7 +220,7 @@ func (s *Server) Run(ctx context.Context) error {
 		httpsLis.Close()
 		return fmt.Errorf("server: health_address: %w", err)
 	}
-	health := &http.Server{Handler: s.healthHandler(reg), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 16 << 10}
+	healthSrv := &http.Server{Handler: health.Handler(s.ready.Load, reg), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 16 << 10}
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return authority.Run(ctx) })
@@ -229,8 +232,8 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { return serveGRPC(ctx, tlsGRPC, nodeLis.authed, node.EndStreams, s.log) })
 	g.Go(func() error { return serveGRPC(ctx, bootGRPC, nodeLis.bootstrap, nil, s.log) })
 	g.Go(func() error { return serveGRPC(ctx, unixGRPC, adminLis, nil, s.log) })
-	g.Go(func() error { return serveHTTP(ctx, https, httpsLis, true) })
-	g.Go(func() error { return serveHTTP(ctx, health, healthLis, false) })
+	g.Go(func() error { return httpserve.Serve(ctx, https, httpsLis, true) })
+	g.Go(func() error { return httpserve.Serve(ctx, healthSrv, healthLis, false) })
 	s.ready.Store(true)
 	close(s.readyCh)
 	s.log.Info("tally server ready", "trust_domain", s.td.Name(), "bind_address", nodeTCP.Addr().String(),
@@ -239,38 +242,6 @@ func (s *Server) Run(ctx context.Context) error {
 	err = g.Wait()
 	s.ready.Store(false)
 	return err
-}
-
-func (s *Server) healthHandler(reg *prometheus.Registry) http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !s.ready.Load() {
-			http.Error(w, "not ready", http.StatusServiceUnavailable)
-			return
-		}
-		_, _ = w.Write([]byte("ok\n"))
-	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	return mux
-}
-
-func listenUnix(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, fmt.Errorf("server: admin socket dir: %w", err)
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("server: admin socket: %w", err)
-	}
-	lis, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("server: admin socket: %w", err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		lis.Close()
-		return nil, fmt.Errorf("server: admin socket: %w", err)
-	}
-	return lis, nil
 }
 
 // serveGRPC serves srv on lis until ctx is done, then stops it gracefully:
@@ -307,25 +278,6 @@ func serveGRPC(ctx context.Context, srv *grpc.Server, lis net.Listener, endStrea
 
 // stopGrace is how long calls in flight may take to finish at shutdown.
 const stopGrace = 5 * time.Second
-
-func serveHTTP(ctx context.Context, srv *http.Server, lis net.Listener, tlsOn bool) error {
-	go func() {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
-	}()
-	var err error
-	if tlsOn {
-		err = srv.ServeTLS(lis, "", "")
-	} else {
-		err = srv.Serve(lis)
-	}
-	if errors.Is(err, http.ErrServerClosed) {
-		return nil
-	}
-	return err
-}
 
 // housekeeping prunes expired join tokens and old events every minute.
 func housekeeping(ctx context.Context, st store.Store, clk clock.WithTicker, log *slog.Logger) error {

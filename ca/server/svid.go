@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
+	mrand "math/rand/v2"
 	"sync/atomic"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/tallyid/tally/ca"
+	"github.com/tallyid/tally/internal/backoff"
 )
 
 // x509Signer is what the server's own SVID needs of the authority.
@@ -56,16 +58,17 @@ func (s *serverSVID) renew(ctx context.Context) error {
 	return nil
 }
 
-// Run renews the SVID at half its lifetime until ctx is done; failures are
-// retried with capped backoff.
+// Run renews the SVID at half its lifetime, less up to a tenth of it at
+// random (replicas started together do not renew together), until ctx is
+// done; failures are retried with backoff.
 func (s *serverSVID) Run(ctx context.Context) error {
-	backoff := time.Second
-	failed := false
+	retry := backoff.New(time.Second, time.Minute)
+	var wait time.Duration
 	for {
-		wait := backoff
-		if c := s.cert.Load(); c != nil && !failed {
-			half := c.Leaf.NotBefore.Add(c.Leaf.NotAfter.Sub(c.Leaf.NotBefore) / 2)
-			wait = max(half.Sub(s.clock.Now()), 0)
+		if c := s.cert.Load(); c != nil && retry.Failures() == 0 {
+			life := c.Leaf.NotAfter.Sub(c.Leaf.NotBefore)
+			renewAt := c.Leaf.NotBefore.Add(life/2 - time.Duration(mrand.Float64()*float64(life/10)))
+			wait = max(renewAt.Sub(s.clock.Now()), 0)
 		}
 		t := s.clock.NewTimer(wait)
 		select {
@@ -75,12 +78,11 @@ func (s *serverSVID) Run(ctx context.Context) error {
 		case <-t.C():
 		}
 		if err := s.renew(ctx); err != nil {
-			s.log.Warn("renewing server SVID", "error", err, "retry_in", backoff)
-			failed = true
-			backoff = min(backoff*2, time.Minute)
+			wait = retry.Next()
+			s.log.Warn("renewing server SVID", "error", err, "retry_in", wait)
 			continue
 		}
-		failed, backoff = false, time.Second
+		retry.Reset()
 	}
 }
 

@@ -1,0 +1,34 @@
+package health
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stretchr/testify/require"
+)
+
+func TestHandler(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(prometheus.NewCounter(prometheus.CounterOpts{Name: "tally_test_total", Help: "t"}))
+	var ready atomic.Bool
+	h := Handler(ready.Load, reg)
+	get := func(path string) (int, string) {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+		return rec.Code, rec.Body.String()
+	}
+	code, _ := get("/livez")
+	require.Equal(t, http.StatusOK, code)
+	code, _ = get("/readyz")
+	require.Equal(t, http.StatusServiceUnavailable, code)
+	ready.Store(true)
+	code, _ = get("/readyz")
+	require.Equal(t, http.StatusOK, code)
+	code, body := get("/metrics")
+	require.Equal(t, http.StatusOK, code)
+	require.True(t, strings.Contains(body, "tally_test_total 0"))
+}
