@@ -17,6 +17,7 @@ import (
 
 	"github.com/tallyid/tally/attest/jointoken"
 	"github.com/tallyid/tally/attest/k8spsat"
+	"github.com/tallyid/tally/internal/backoff"
 	"github.com/tallyid/tally/internal/health"
 	"github.com/tallyid/tally/internal/httpserve"
 	"github.com/tallyid/tally/internal/reserved"
@@ -142,7 +143,7 @@ func (a *Agent) startIdentity(ctx context.Context) error {
 		a.log.Info("reusing the stored agent SVID; not attesting", "spiffe_id", svid.ID.String(), "expires_at", svid.Certificates[0].NotAfter)
 		return a.conn.reconnect()
 	}
-	bo := newBackoff(time.Second, 30*time.Second)
+	bo := backoff.New(time.Second, 30*time.Second)
 	for {
 		err := a.attest(ctx)
 		if err == nil {
@@ -151,7 +152,7 @@ func (a *Agent) startIdentity(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		d := bo.next()
+		d := bo.Next()
 		a.log.Error("attestation failed", "error", err, "retry_in", d)
 		if a.sleep(ctx, d) != nil {
 			return ctx.Err()

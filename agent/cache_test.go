@@ -46,6 +46,12 @@ func newTestMinter(t *testing.T, clk *clocktesting.FakeClock) *testMinter {
 	return &testMinter{clock: clk, caKey: key, ca: ca, ttl: time.Hour}
 }
 
+// bundle is the trust bundle of example.org with the minter's CA, which
+// the chains it signs verify against.
+func (m *testMinter) bundle() *spiffebundle.Bundle {
+	return spiffebundle.FromX509Authorities(td, []*x509.Certificate{m.ca})
+}
+
 func (m *testMinter) NewX509SVIDs(_ context.Context, reqs []*tallyv1.X509SVIDRequest) ([]*tallyv1.X509SVIDResult, error) {
 	out := make([]*tallyv1.X509SVIDResult, len(reqs))
 	for i, r := range reqs {
@@ -99,6 +105,16 @@ func startCache(t *testing.T, maxUnused int) (*Cache, *testMinter, *clocktesting
 	return c, m, clk
 }
 
+// waitIdle waits until the cache's scheduler has nothing queued or in
+// flight, has taken every wake-up, and waits on the fake clock (its timer
+// at the earliest renewal). A renewal due before the clock's time would
+// have fired the timer, so the scheduler would be busy or already have
+// minted: after waitIdle, what was minted is final for this time.
+func waitIdle(t *testing.T, c *Cache, clk *clocktesting.FakeClock) {
+	t.Helper()
+	require.Eventually(t, func() bool { return c.sched.idle() && clk.HasWaiters() }, 10*time.Second, time.Millisecond)
+}
+
 func next(t *testing.T, sub workloadapi.Subscription) workloadapi.X509Update {
 	t.Helper()
 	select {
@@ -122,7 +138,7 @@ var td = spiffeid.RequireTrustDomainFromString("example.org")
 
 func TestCacheMintsForSubscribersAndFollowsEntries(t *testing.T) {
 	c, m, _ := startCache(t, 10)
-	c.Apply(syncUpdate{Reset: true, Bundle: spiffebundle.New(td), Upserts: []*entry{
+	c.Apply(syncUpdate{Reset: true, Bundle: m.bundle(), Upserts: []*entry{
 		testEntry("a", "spiffe://example.org/a", 1, "uid:1"),
 		testEntry("b", "spiffe://example.org/b", 1, "uid:1", "gid:1"),
 		testEntry("c", "spiffe://example.org/c", 1, "uid:2"),
@@ -154,16 +170,17 @@ func TestCacheMintsForSubscribersAndFollowsEntries(t *testing.T) {
 
 func TestCacheRenewsAtHalfLife(t *testing.T) {
 	c, m, clk := startCache(t, 10)
-	c.Apply(syncUpdate{Reset: true, Bundle: spiffebundle.New(td), Upserts: []*entry{testEntry("a", "spiffe://example.org/a", 1, "uid:1")}})
+	c.Apply(syncUpdate{Reset: true, Bundle: m.bundle(), Upserts: []*entry{testEntry("a", "spiffe://example.org/a", 1, "uid:1")}})
 	sub, err := c.SubscribeX509(context.Background(), []attest.Selector{{Type: "unix", Value: "uid:1"}})
 	require.NoError(t, err)
 	defer sub.Close()
 	first := next(t, sub).SVIDs[0]
 
-	clk.Step(29 * time.Minute) // before half-life: nothing
-	time.Sleep(50 * time.Millisecond)
+	waitIdle(t, c, clk)
+	clk.Step(23 * time.Minute) // before half-life less the largest jitter (lifetime/10): nothing
+	waitIdle(t, c, clk)
 	require.EqualValues(t, 1, m.x509s.Load())
-	clk.Step(8 * time.Minute) // past half-life + the largest jitter (lifetime/10)
+	clk.Step(8 * time.Minute) // past half-life
 	renewed := next(t, sub).SVIDs[0]
 	require.NotEqual(t, first.CertChain, renewed.CertChain)
 	require.True(t, clk.Now().Before(first.ExpiresAt), "renewed before the old one expired")
@@ -176,7 +193,7 @@ func TestCacheKeepsUnusedSVIDsWithinLRU(t *testing.T) {
 	for i := range 5 {
 		entries = append(entries, testEntry(string(rune('a'+i)), "spiffe://example.org/"+string(rune('a'+i)), 1, "uid:"+string(rune('0'+i))))
 	}
-	c.Apply(syncUpdate{Reset: true, Bundle: spiffebundle.New(td), Upserts: entries})
+	c.Apply(syncUpdate{Reset: true, Bundle: m.bundle(), Upserts: entries})
 	for i := range 5 {
 		sub, err := c.SubscribeX509(context.Background(), []attest.Selector{{Type: "unix", Value: "uid:" + string(rune('0'+i))}})
 		require.NoError(t, err)
@@ -184,7 +201,7 @@ func TestCacheKeepsUnusedSVIDsWithinLRU(t *testing.T) {
 		sub.Close()
 	}
 	c.mu.Lock()
-	cached := len(c.svids)
+	cached := c.svids.len()
 	c.mu.Unlock()
 	require.Equal(t, 2, cached, "SVIDs nobody uses are bounded by the LRU size")
 
@@ -200,7 +217,7 @@ func TestCacheKeepsUnusedSVIDsWithinLRU(t *testing.T) {
 func TestCacheRefusedEntryDoesNotBlockOthers(t *testing.T) {
 	c, m, _ := startCache(t, 10)
 	m.refuse.Store("bad", true)
-	c.Apply(syncUpdate{Reset: true, Bundle: spiffebundle.New(td), Upserts: []*entry{
+	c.Apply(syncUpdate{Reset: true, Bundle: m.bundle(), Upserts: []*entry{
 		testEntry("good", "spiffe://example.org/good", 1, "uid:1"),
 		testEntry("bad", "spiffe://example.org/bad", 1, "uid:1"),
 	}})
@@ -212,7 +229,7 @@ func TestCacheRefusedEntryDoesNotBlockOthers(t *testing.T) {
 
 func TestCacheJWTPerAudienceUntilHalfLife(t *testing.T) {
 	c, m, clk := startCache(t, 10)
-	c.Apply(syncUpdate{Reset: true, Bundle: spiffebundle.New(td), Upserts: []*entry{testEntry("a", "spiffe://example.org/a", 1, "uid:1")}})
+	c.Apply(syncUpdate{Reset: true, Bundle: m.bundle(), Upserts: []*entry{testEntry("a", "spiffe://example.org/a", 1, "uid:1")}})
 	sel := []attest.Selector{{Type: "unix", Value: "uid:1"}}
 	fetch := func(aud ...string) string {
 		svids, err := c.FetchJWTSVIDs(context.Background(), sel, spiffeid.ID{}, aud)
@@ -239,7 +256,7 @@ func startJWTCache(t *testing.T, cacheSize int, perSecond float64, burst int) (*
 	done := make(chan struct{})
 	go func() { _ = c.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	c.Apply(syncUpdate{Reset: true, Bundle: spiffebundle.New(td), Upserts: []*entry{
+	c.Apply(syncUpdate{Reset: true, Bundle: m.bundle(), Upserts: []*entry{
 		testEntry("a", "spiffe://example.org/a", 1, "uid:1"),
 		testEntry("b", "spiffe://example.org/b", 1, "uid:2"),
 	}})

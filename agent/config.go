@@ -9,7 +9,6 @@ import (
 	"math"
 	"net"
 	"os"
-	"time"
 
 	"github.com/spf13/pflag"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -192,19 +191,3 @@ func (c Config) Validate() error {
 	}
 	return nil
 }
-
-// backoff is capped exponential backoff.
-type backoff struct {
-	min, max, cur time.Duration
-}
-
-func newBackoff(min, max time.Duration) *backoff { return &backoff{min: min, max: max, cur: min} }
-
-// next returns the wait before the next try and doubles it, up to max.
-func (b *backoff) next() time.Duration {
-	d := b.cur
-	b.cur = min(b.cur*2, b.max)
-	return d
-}
-
-func (b *backoff) reset() { b.cur = b.min }

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -24,7 +25,7 @@ type entry struct {
 func entryFromProto(p *tallyv1.Entry) (*entry, error) {
 	id, err := spiffeid.FromString(p.GetSpiffeId())
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("spiffe_id: %w", err)
 	}
 	e := &entry{
 		ID:        p.GetId(),

@@ -17,6 +17,8 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
+	"github.com/tallyid/tally/internal/backoff"
+	"github.com/tallyid/tally/internal/renew"
 	tallyv1 "github.com/tallyid/tally/proto/tally/v1"
 )
 
@@ -107,10 +109,7 @@ func (a *Agent) renew(ctx context.Context) error {
 }
 
 func svidFromChain(chain [][]byte, key *ecdsa.PrivateKey) (*x509svid.SVID, error) {
-	var der []byte
-	for _, c := range chain {
-		der = append(der, c...)
-	}
+	der := concatDER(chain)
 	pkcs8, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
 		return nil, err
@@ -122,16 +121,17 @@ func svidFromChain(chain [][]byte, key *ecdsa.PrivateKey) (*x509svid.SVID, error
 	return svid, nil
 }
 
-// keepIdentity renews the agent SVID at half its lifetime. When the SVID
+// keepIdentity renews the agent SVID at half its lifetime (less a jitter:
+// renew.At). When the SVID
 // has expired (the server was unreachable for long) or the server no longer
 // accepts it, the agent attests again once it can, instead of failing
 // forever; failures back off up to 30s.
 func (a *Agent) keepIdentity(ctx context.Context) error {
-	bo := newBackoff(time.Second, 30*time.Second)
+	bo := backoff.New(time.Second, 30*time.Second)
 	for {
 		svid, _ := a.id.current()
 		leaf := svid.Certificates[0]
-		wait := leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2).Sub(a.clock.Now())
+		wait := renew.At(leaf.NotBefore, leaf.NotAfter).Sub(a.clock.Now())
 		if err := a.sleep(ctx, wait); err != nil {
 			return nil
 		}
@@ -147,10 +147,10 @@ func (a *Agent) keepIdentity(ctx context.Context) error {
 			}
 		}
 		if err == nil {
-			bo.reset()
+			bo.Reset()
 			continue
 		}
-		d := bo.next()
+		d := bo.Next()
 		a.log.Warn("keeping the agent SVID", "error", err, "retry_in", d)
 		if err := a.sleep(ctx, d); err != nil {
 			return nil

@@ -7,6 +7,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 
+	"github.com/tallyid/tally/internal/backoff"
 	tallyv1 "github.com/tallyid/tally/proto/tally/v1"
 )
 
@@ -15,7 +16,7 @@ import (
 // resumes from the last revision it applied. There is no periodic reload.
 func (a *Agent) followEntries(ctx context.Context) error {
 	var rev, bundleSeq uint64
-	bo := newBackoff(500*time.Millisecond, 30*time.Second)
+	bo := backoff.New(500*time.Millisecond, 30*time.Second)
 	for {
 		node, changed := a.conn.Node()
 		err := a.syncOnce(ctx, node, changed, &rev, &bundleSeq, bo)
@@ -28,7 +29,7 @@ func (a *Agent) followEntries(ctx context.Context) error {
 			continue
 		default:
 		}
-		d := bo.next()
+		d := bo.Next()
 		a.log.Warn("entry sync interrupted; serving from cache", "error", err, "revision", rev, "retry_in", d)
 		if a.sleep(ctx, d) != nil {
 			return nil
@@ -36,7 +37,7 @@ func (a *Agent) followEntries(ctx context.Context) error {
 	}
 }
 
-func (a *Agent) syncOnce(ctx context.Context, node tallyv1.NodeClient, changed <-chan struct{}, rev, bundleSeq *uint64, bo *backoff) error {
+func (a *Agent) syncOnce(ctx context.Context, node tallyv1.NodeClient, changed <-chan struct{}, rev, bundleSeq *uint64, bo *backoff.Backoff) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
@@ -89,7 +90,7 @@ func (a *Agent) syncOnce(ctx context.Context, node tallyv1.NodeClient, changed <
 		}
 		*rev = m.GetRevision()
 		pending = nil
-		bo.reset()
+		bo.Reset()
 		a.metrics.syncUpdates.Inc()
 		if at := m.GetChangedAtUnixNano(); at > 0 {
 			a.metrics.syncLag.Observe(max(a.clock.Since(time.Unix(0, at)).Seconds(), 0))

@@ -9,7 +9,6 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
-	mrand "math/rand/v2"
 	"sync/atomic"
 	"time"
 
@@ -18,6 +17,7 @@ import (
 
 	"github.com/tallyid/tally/ca"
 	"github.com/tallyid/tally/internal/backoff"
+	"github.com/tallyid/tally/internal/renew"
 )
 
 // x509Signer is what the server's own SVID needs of the authority.
@@ -58,17 +58,14 @@ func (s *serverSVID) renew(ctx context.Context) error {
 	return nil
 }
 
-// Run renews the SVID at half its lifetime, less up to a tenth of it at
-// random (replicas started together do not renew together), until ctx is
-// done; failures are retried with backoff.
+// Run renews the SVID when renew.At says, until ctx is done; failures are
+// retried with backoff.
 func (s *serverSVID) Run(ctx context.Context) error {
 	retry := backoff.New(time.Second, time.Minute)
 	var wait time.Duration
 	for {
 		if c := s.cert.Load(); c != nil && retry.Failures() == 0 {
-			life := c.Leaf.NotAfter.Sub(c.Leaf.NotBefore)
-			renewAt := c.Leaf.NotBefore.Add(life/2 - time.Duration(mrand.Float64()*float64(life/10)))
-			wait = max(renewAt.Sub(s.clock.Now()), 0)
+			wait = max(renew.At(c.Leaf.NotBefore, c.Leaf.NotAfter).Sub(s.clock.Now()), 0)
 		}
 		t := s.clock.NewTimer(wait)
 		select {
