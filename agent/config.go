@@ -12,6 +12,8 @@ import (
 
 	"github.com/spf13/pflag"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/tallyid/tally/internal/logging"
 )
 
 // Config is the agent configuration: a YAML file (unknown keys refused),
@@ -181,13 +183,5 @@ func (c Config) Validate() error {
 	if c.JWTMintBurst <= 0 {
 		return fmt.Errorf("config: jwt_mint_burst must be positive, got %d", c.JWTMintBurst)
 	}
-	switch c.LogLevel {
-	case "debug", "info", "warn", "error":
-	default:
-		return fmt.Errorf("config: log_level %q: want debug, info, warn or error", c.LogLevel)
-	}
-	if c.LogFormat != "json" && c.LogFormat != "text" {
-		return fmt.Errorf("config: log_format %q: want json or text", c.LogFormat)
-	}
-	return nil
+	return logging.Check(c.LogLevel, c.LogFormat)
 }

@@ -6,7 +6,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/tallyid/tally/ca/server"
+	"github.com/tallyid/tally/internal/app/server"
 	"github.com/tallyid/tally/internal/config"
 	"github.com/tallyid/tally/internal/logging"
 )
@@ -38,7 +38,8 @@ func newRunCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			srv, err := server.New(final, log)
+			final.Logger = log
+			srv, err := server.New(final)
 			if err != nil {
 				return err
 			}
@@ -51,11 +52,7 @@ func newRunCommand() *cobra.Command {
 }
 
 // resolveConfig applies, in order: defaults, the config file, then every
-// flag given on the command line.
+// flag given on the command line. server.New validates the result.
 func resolveConfig(flags *pflag.FlagSet, file string) (server.Config, error) {
-	cfg, err := config.Resolve(server.DefaultConfig(), file, flags, server.BindFlags)
-	if err != nil {
-		return cfg, err
-	}
-	return cfg, cfg.Validate()
+	return config.Resolve(server.DefaultConfig(), file, flags, server.BindFlags)
 }

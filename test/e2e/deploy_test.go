@@ -19,7 +19,7 @@ import (
 	"k8s.io/client-go/dynamic"
 
 	"github.com/tallyid/tally/agent"
-	"github.com/tallyid/tally/ca/server"
+	"github.com/tallyid/tally/internal/app/server"
 	"github.com/tallyid/tally/internal/config"
 )
 
@@ -27,6 +27,7 @@ import (
 // (schema validation included), checks the RBAC grants what the server
 // and agent call, and that the embedded configs load and validate.
 func TestDeployManifests(t *testing.T) {
+	t.Parallel()
 	_, file, _, _ := runtime.Caller(0)
 	raw, err := os.ReadFile(filepath.Join(filepath.Dir(file), "..", "..", "deploy", "kubernetes", "tally.yaml"))
 	require.NoError(t, err)

@@ -44,36 +44,81 @@ type Server struct {
 	log   *slog.Logger
 	clock clock.WithTicker
 	ready atomic.Bool
-	// Ready is closed once every listener serves. For tests and run scripts.
-	readyCh chan struct{}
 }
 
 // New returns a server for a validated config.
-func New(cfg Config, log *slog.Logger) (*Server, error) {
+func New(cfg Config) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if cfg.X509SVIDTTL == 0 {
-		cfg.X509SVIDTTL = min(time.Hour, cfg.CATTL/6)
-	}
-	if cfg.JWTSVIDTTL == 0 {
-		cfg.JWTSVIDTTL = min(5*time.Minute, cfg.CATTL/6)
-	}
-	if cfg.AgentSVIDTTL == 0 {
-		cfg.AgentSVIDTTL = cfg.X509SVIDTTL
-	}
-	td := spiffeid.RequireTrustDomainFromString(cfg.TrustDomain)
-	if cfg.JWTIssuer == "" {
-		cfg.JWTIssuer = "https://" + cfg.HTTPAddress
-	}
-	return &Server{cfg: cfg, td: td, log: log, clock: clock.RealClock{}, readyCh: make(chan struct{})}, nil
+	cfg = cfg.withDefaults()
+	return &Server{cfg: cfg, td: spiffeid.RequireTrustDomainFromString(cfg.TrustDomain), log: cfg.Logger, clock: cfg.Clock}, nil
 }
 
-// Ready is closed when the server serves on every address.
-func (s *Server) Ready() <-chan struct{} { return s.readyCh }
+// components is everything Run serves, built by build. close releases what
+// build opened, in reverse order.
+type components struct {
+	store     *badgerstore.Store
+	authority *ca.Authority
+	registry  *registry.Registry
+	svid      *serverSVID
+	node      *api.Node
+	admin     *api.Admin
+	metrics   *prometheus.Registry
 
-// Run starts everything and serves until ctx is done or a component fails.
+	nodeLis            *nodeListener
+	tlsGRPC, bootGRPC  *grpc.Server
+	unixGRPC           *grpc.Server
+	adminLis           net.Listener
+	https, healthSrv   *http.Server
+	httpsLis, healthLn net.Listener
+
+	closers []func() error
+}
+
+func (c *components) onClose(f func() error) { c.closers = append(c.closers, f) }
+
+func (c *components) close() {
+	for i := len(c.closers) - 1; i >= 0; i-- {
+		_ = c.closers[i]()
+	}
+}
+
+// Run builds the server's components, serves until ctx is done or one of
+// them fails, and closes everything it opened.
 func (s *Server) Run(ctx context.Context) error {
+	c, err := s.build(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	return s.serve(ctx, c)
+}
+
+// build opens the store, the authority, the registry and the APIs, and
+// listens on every address; on any failure it closes what it opened.
+func (s *Server) build(ctx context.Context) (_ *components, err error) {
+	c := &components{}
+	defer func() {
+		if err != nil {
+			c.close()
+		}
+	}()
+	if err := s.buildCore(ctx, c); err != nil {
+		return nil, err
+	}
+	if err := s.buildAPIs(c); err != nil {
+		return nil, err
+	}
+	if err := s.listen(c); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// buildCore opens the store and builds the authority, the registry, the
+// server's own SVID and the metrics.
+func (s *Server) buildCore(ctx context.Context, c *components) error {
 	cfg := s.cfg
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("server: data dir: %w", err)
@@ -82,12 +127,11 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer st.Close()
-
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-
-	authority, err := ca.New(ctx, ca.Config{
+	c.store = st
+	c.onClose(st.Close)
+	c.metrics = prometheus.NewRegistry()
+	c.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	c.authority, err = ca.New(ctx, ca.Config{
 		TrustDomain:      s.td,
 		KeyDir:           filepath.Join(cfg.DataDir, "keys"),
 		Journal:          st,
@@ -102,24 +146,24 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	entries := registry.New(registry.Config{
+	c.registry = registry.New(registry.Config{
 		TrustDomain: s.td,
 		Store:       st,
 		Limits:      registry.Limits{MaxTTL: cfg.CATTL / 6},
 		Logger:      s.log.With("component", "registry"),
 	})
-	if err := entries.Load(ctx); err != nil {
+	if err := c.registry.Load(ctx); err != nil {
 		return err
 	}
-	registerGauges(reg, entries, st, authority, upstreamCollector{a: authority, clock: s.clock, slotTTL: cfg.CATTL})
-	metrics := api.NewMetrics(reg)
+	registerGauges(c.metrics, c.registry, st, c.authority, upstreamCollector{a: c.authority, clock: s.clock, slotTTL: cfg.CATTL})
+	c.svid = newServerSVID(reserved.ServerID(s.td), c.authority, s.clock, s.log.With("component", "server-svid"))
+	return c.svid.renew(ctx)
+}
 
-	svid := newServerSVID(reserved.ServerID(s.td), authority, s.clock, s.log.With("component", "server-svid"))
-	if err := svid.renew(ctx); err != nil {
-		return err
-	}
-	tokens := joinTokens{st: st, clock: s.clock}
-	attestors := map[string]attest.NodeAttestor{jointoken.Type: jointoken.New(s.td, tokens)}
+// buildAPIs builds the node attestors and the Node and Admin services.
+func (s *Server) buildAPIs(c *components) error {
+	cfg := s.cfg
+	attestors := map[string]attest.NodeAttestor{jointoken.Type: jointoken.New(s.td, joinTokens{st: c.store, clock: s.clock})}
 	if cfg.PSATCluster != "" {
 		psat, err := psatAttestor(cfg, s.td, s.log.With("component", "k8spsat"))
 		if err != nil {
@@ -127,83 +171,79 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		attestors[k8spsat.Type] = psat
 	}
-	node := api.NewNode(api.NodeConfig{
+	metrics := api.NewMetrics(c.metrics)
+	c.node = api.NewNode(api.NodeConfig{
 		TrustDomain:  s.td,
-		Authority:    authority,
-		Entries:      entries,
-		Agents:       st,
+		Authority:    c.authority,
+		Entries:      c.registry,
+		Agents:       c.store,
 		Attestors:    attestors,
 		AgentSVIDTTL: cfg.AgentSVIDTTL,
 		JWTIssuer:    cfg.JWTIssuer,
 		Metrics:      metrics,
+		Clock:        s.clock,
 		Logger:       s.log.With("component", "node-api"),
 	})
-	admin := api.NewAdmin(api.AdminConfig{
+	c.admin = api.NewAdmin(api.AdminConfig{
 		TrustDomain: s.td,
-		Authority:   authority,
-		Registry:    entries,
-		Store:       st,
+		Authority:   c.authority,
+		Registry:    c.registry,
+		Store:       c.store,
 		TokenKey:    jointoken.TokenID,
 		AdminIDs:    cfg.AdminIDs,
 		JWTIssuer:   cfg.JWTIssuer,
 		Metrics:     metrics,
+		Clock:       s.clock,
 		Logger:      s.log.With("component", "admin-api"),
 	})
+	return nil
+}
 
-	// Node API (and Admin API for admin SVIDs) over TLS: connections with a
-	// verified client SVID and connections without one (attestation) are
-	// served by two gRPC servers with their own limits (nodelisten.go).
+// listen opens every address and builds the servers on them. The Node API
+// (and the Admin API for admin SVIDs) on bind_address is served by two gRPC
+// servers: connections with a verified client SVID, and connections without
+// one (attestation), each with its own limits (nodelisten.go).
+func (s *Server) listen(c *components) error {
+	cfg := s.cfg
 	keepaliveOK := grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true})
-	tlsGRPC := grpc.NewServer(
-		grpc.Creds(handshakenTLS{}),
-		grpc.UnaryInterceptor(admin.AdminTLSInterceptor),
-		grpc.MaxRecvMsgSize(agentMaxMsg),
-		keepaliveOK,
-	)
-	bootGRPC := grpc.NewServer(
-		grpc.Creds(handshakenTLS{}),
-		grpc.UnaryInterceptor(admin.AdminTLSInterceptor),
-		grpc.MaxRecvMsgSize(bootstrapMaxMsg),
-		grpc.MaxConcurrentStreams(bootstrapStreams),
-		grpc.InitialWindowSize(bootstrapMaxMsg),
-		grpc.InitialConnWindowSize(bootstrapMaxMsg),
+	c.tlsGRPC = grpc.NewServer(grpc.Creds(handshakenTLS{}), grpc.UnaryInterceptor(c.admin.AdminTLSInterceptor),
+		grpc.MaxRecvMsgSize(agentMaxMsg), keepaliveOK)
+	c.bootGRPC = grpc.NewServer(grpc.Creds(handshakenTLS{}), grpc.UnaryInterceptor(c.admin.AdminTLSInterceptor),
+		grpc.MaxRecvMsgSize(bootstrapMaxMsg), grpc.MaxConcurrentStreams(bootstrapStreams),
+		grpc.InitialWindowSize(bootstrapMaxMsg), grpc.InitialConnWindowSize(bootstrapMaxMsg),
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: bootstrapIdle, MaxConnectionAge: bootstrapAge, MaxConnectionAgeGrace: 10 * time.Second}),
-		keepaliveOK,
-	)
-	for _, gs := range []*grpc.Server{tlsGRPC, bootGRPC} {
-		tallyv1.RegisterNodeServer(gs, node)
-		tallyv1.RegisterAdminServer(gs, admin)
+		keepaliveOK)
+	for _, gs := range []*grpc.Server{c.tlsGRPC, c.bootGRPC} {
+		tallyv1.RegisterNodeServer(gs, c.node)
+		tallyv1.RegisterAdminServer(gs, c.admin)
 	}
 	nodeTCP, err := net.Listen("tcp", cfg.BindAddress)
 	if err != nil {
 		return fmt.Errorf("server: bind_address: %w", err)
 	}
-	nodeLis := newNodeListener(nodeTCP, &tls.Config{
+	c.onClose(nodeTCP.Close)
+	c.nodeLis = newNodeListener(nodeTCP, &tls.Config{
 		MinVersion:     tls.VersionTLS12,
-		GetCertificate: svid.GetCertificate,
+		GetCertificate: c.svid.GetCertificate,
 		// Client SVIDs are verified per call against the current bundle;
 		// AttestAgent is called without one.
 		ClientAuth: tls.RequestClientCert,
-	}, authority.Bundle, s.log.With("component", "node-api"))
+	}, c.authority.Bundle, s.log.With("component", "node-api"))
 
 	// Admin API on the Unix socket: the file mode is the authorisation.
-	unixGRPC := grpc.NewServer(grpc.Creds(peercred.Credentials()), grpc.MaxRecvMsgSize(64<<20))
-	tallyv1.RegisterAdminServer(unixGRPC, admin)
-	adminLis, err := unixsock.Listen(cfg.AdminSocket, 0o600)
-	if err != nil {
-		nodeTCP.Close()
+	c.unixGRPC = grpc.NewServer(grpc.Creds(peercred.Credentials()), grpc.MaxRecvMsgSize(64<<20))
+	tallyv1.RegisterAdminServer(c.unixGRPC, c.admin)
+	if c.adminLis, err = unixsock.Listen(cfg.AdminSocket, 0o600); err != nil {
 		return fmt.Errorf("server: admin_socket: %w", err)
 	}
-
-	httpsLis, err := net.Listen("tcp", cfg.HTTPAddress)
-	if err != nil {
-		nodeTCP.Close()
-		adminLis.Close()
+	c.onClose(c.adminLis.Close)
+	if c.httpsLis, err = net.Listen("tcp", cfg.HTTPAddress); err != nil {
 		return fmt.Errorf("server: http_address: %w", err)
 	}
-	https := &http.Server{
-		Handler:           publicHandler(authority, cfg.JWTIssuer, s.log),
-		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: svid.GetCertificate},
+	c.onClose(c.httpsLis.Close)
+	c.https = &http.Server{
+		Handler:           publicHandler(c.authority, cfg.JWTIssuer, s.log),
+		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: c.svid.GetCertificate},
 		ReadHeaderTimeout: 10 * time.Second,
 		// Only GETs of a bundle or discovery document: no request needs
 		// more than a few KiB of headers or a long connection.
@@ -213,33 +253,35 @@ func (s *Server) Run(ctx context.Context) error {
 		MaxHeaderBytes: 16 << 10,
 		ErrorLog:       slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
-	healthLis, err := net.Listen("tcp", cfg.HealthAddress)
-	if err != nil {
-		nodeTCP.Close()
-		adminLis.Close()
-		httpsLis.Close()
+	if c.healthLn, err = net.Listen("tcp", cfg.HealthAddress); err != nil {
 		return fmt.Errorf("server: health_address: %w", err)
 	}
-	healthSrv := &http.Server{Handler: health.Handler(s.ready.Load, reg), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 16 << 10}
+	c.onClose(c.healthLn.Close)
+	c.healthSrv = &http.Server{Handler: health.Handler(s.ready.Load, c.metrics), ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 16 << 10}
+	return nil
+}
 
+// serve runs every component until ctx is done or one fails; it returns
+// once all have stopped.
+func (s *Server) serve(ctx context.Context, c *components) error {
 	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return authority.Run(ctx) })
-	g.Go(func() error { return entries.Run(ctx) })
-	g.Go(func() error { return st.Run(ctx) })
-	g.Go(func() error { return svid.Run(ctx) })
-	g.Go(func() error { return housekeeping(ctx, st, s.clock, s.log) })
-	g.Go(func() error { return nodeLis.Run(ctx) })
-	g.Go(func() error { return serveGRPC(ctx, tlsGRPC, nodeLis.authed, node.EndStreams, s.log) })
-	g.Go(func() error { return serveGRPC(ctx, bootGRPC, nodeLis.bootstrap, nil, s.log) })
-	g.Go(func() error { return serveGRPC(ctx, unixGRPC, adminLis, nil, s.log) })
-	g.Go(func() error { return httpserve.Serve(ctx, https, httpsLis, true) })
-	g.Go(func() error { return httpserve.Serve(ctx, healthSrv, healthLis, false) })
+	g.Go(func() error { return c.authority.Run(ctx) })
+	g.Go(func() error { return c.registry.Run(ctx) })
+	g.Go(func() error { return c.store.Run(ctx) })
+	g.Go(func() error { return c.svid.Run(ctx) })
+	g.Go(func() error { return housekeeping(ctx, c.store, s.clock, s.log) })
+	g.Go(func() error { return c.nodeLis.Run(ctx) })
+	g.Go(func() error { return serveGRPC(ctx, c.tlsGRPC, c.nodeLis.authed, c.node.EndStreams, s.log) })
+	g.Go(func() error { return serveGRPC(ctx, c.bootGRPC, c.nodeLis.bootstrap, nil, s.log) })
+	g.Go(func() error { return serveGRPC(ctx, c.unixGRPC, c.adminLis, nil, s.log) })
+	g.Go(func() error { return httpserve.Serve(ctx, c.https, c.httpsLis, true) })
+	g.Go(func() error { return httpserve.Serve(ctx, c.healthSrv, c.healthLn, false) })
 	s.ready.Store(true)
-	close(s.readyCh)
-	s.log.Info("tally server ready", "trust_domain", s.td.Name(), "bind_address", nodeTCP.Addr().String(),
-		"http_address", httpsLis.Addr().String(), "health_address", healthLis.Addr().String(), "admin_socket", cfg.AdminSocket,
-		"entries", entries.Count())
-	err = g.Wait()
+	s.log.Info("tally server ready", "trust_domain", s.td.Name(), "bind_address", c.nodeLis.lis.Addr().String(),
+		"http_address", c.httpsLis.Addr().String(), "health_address", c.healthLn.Addr().String(), "admin_socket", s.cfg.AdminSocket,
+		"entries", c.registry.Count())
+	err := g.Wait()
 	s.ready.Store(false)
 	return err
 }

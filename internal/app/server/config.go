@@ -5,15 +5,18 @@ package server
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"k8s.io/utils/clock"
 
 	"github.com/tallyid/tally/attest/k8spsat"
 	"github.com/tallyid/tally/internal/config"
+	"github.com/tallyid/tally/internal/logging"
 )
 
 // Config is the server configuration: a YAML file (unknown keys refused),
@@ -74,6 +77,37 @@ type Config struct {
 	// LogLevel is debug, info, warn or error; LogFormat is json or text.
 	LogLevel  string `yaml:"log_level"`
 	LogFormat string `yaml:"log_format"`
+
+	// Clock is the server's time (rotation, renewals, expiry checks).
+	// Default: the real clock. Not a key: tests set it.
+	Clock clock.WithTicker
+	// Logger receives everything the server logs. Default: discard.
+	// tally-server sets one from log_level and log_format.
+	Logger *slog.Logger
+}
+
+// withDefaults fills what the config leaves to be derived: the SVID TTLs
+// from ca_ttl, the JWT issuer from http_address, the clock and the logger.
+func (c Config) withDefaults() Config {
+	if c.X509SVIDTTL == 0 {
+		c.X509SVIDTTL = min(time.Hour, c.CATTL/6)
+	}
+	if c.JWTSVIDTTL == 0 {
+		c.JWTSVIDTTL = min(5*time.Minute, c.CATTL/6)
+	}
+	if c.AgentSVIDTTL == 0 {
+		c.AgentSVIDTTL = c.X509SVIDTTL
+	}
+	if c.JWTIssuer == "" {
+		c.JWTIssuer = "https://" + c.HTTPAddress
+	}
+	if c.Clock == nil {
+		c.Clock = clock.RealClock{}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
 }
 
 // DefaultConfig returns the documented defaults.
@@ -177,13 +211,5 @@ func (c Config) Validate() error {
 	if c.PSATKubeBurst < 1 {
 		return fmt.Errorf("config: psat_kube_burst must be at least 1, got %d", c.PSATKubeBurst)
 	}
-	switch c.LogLevel {
-	case "debug", "info", "warn", "error":
-	default:
-		return fmt.Errorf("config: log_level %q: want debug, info, warn or error", c.LogLevel)
-	}
-	if c.LogFormat != "json" && c.LogFormat != "text" {
-		return fmt.Errorf("config: log_format %q: want json or text", c.LogFormat)
-	}
-	return nil
+	return logging.Check(c.LogLevel, c.LogFormat)
 }
