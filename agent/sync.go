@@ -14,30 +14,30 @@ import (
 // followEntries keeps one SyncEntries stream open: a snapshot first, then
 // only changes; after a failure it reconnects with capped backoff and
 // resumes from the last revision it applied. There is no periodic reload.
-func (a *Agent) followEntries(ctx context.Context) error {
+func (s *Session) followEntries(ctx context.Context, cache *Cache) error {
 	var rev, bundleSeq uint64
 	bo := backoff.New(500*time.Millisecond, 30*time.Second)
 	for {
-		node, changed := a.conn.Node()
-		err := a.syncOnce(ctx, node, changed, &rev, &bundleSeq, bo)
+		node, changed := s.conn.Node()
+		err := s.syncOnce(ctx, cache, node, changed, &rev, &bundleSeq, bo)
 		if ctx.Err() != nil {
 			return nil
 		}
-		a.metrics.reconnects.Inc()
+		s.cfg.Metrics.reconnects.Inc()
 		select {
 		case <-changed: // a new connection: resume at once
 			continue
 		default:
 		}
 		d := bo.Next()
-		a.log.Warn("entry sync interrupted; serving from cache", "error", err, "revision", rev, "retry_in", d)
-		if a.sleep(ctx, d) != nil {
+		s.log.Warn("entry sync interrupted; serving from cache", "error", err, "revision", rev, "retry_in", d)
+		if s.sleep(ctx, d) != nil {
 			return nil
 		}
 	}
 }
 
-func (a *Agent) syncOnce(ctx context.Context, node tallyv1.NodeClient, changed <-chan struct{}, rev, bundleSeq *uint64, bo *backoff.Backoff) error {
+func (s *Session) syncOnce(ctx context.Context, cache *Cache, node tallyv1.NodeClient, changed <-chan struct{}, rev, bundleSeq *uint64, bo *backoff.Backoff) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
@@ -69,7 +69,7 @@ func (a *Agent) syncOnce(ctx context.Context, node tallyv1.NodeClient, changed <
 		}
 		pending.Deleted = append(pending.Deleted, m.GetDeletedIds()...)
 		if raw := m.GetBundle(); len(raw) > 0 {
-			b, err := spiffebundle.Parse(a.td, raw)
+			b, err := spiffebundle.Parse(s.cfg.TrustDomain, raw)
 			if err != nil {
 				return fmt.Errorf("agent: bundle from server: %w", err)
 			}
@@ -78,12 +78,12 @@ func (a *Agent) syncOnce(ctx context.Context, node tallyv1.NodeClient, changed <
 		if m.GetMore() {
 			continue
 		}
-		a.cache.Apply(*pending)
-		a.log.Debug("entry sync applied", "snapshot", pending.Reset, "revision", m.GetRevision(),
+		cache.Apply(*pending)
+		s.log.Debug("entry sync applied", "snapshot", pending.Reset, "revision", m.GetRevision(),
 			"upserts", len(pending.Upserts), "deleted", len(pending.Deleted), "bundle", pending.Bundle != nil)
 		if pending.Bundle != nil {
-			if err := a.id.setBundle(pending.Bundle); err != nil {
-				a.log.Warn("keeping the bundle", "error", err)
+			if err := s.id.setBundle(pending.Bundle); err != nil {
+				s.log.Warn("keeping the bundle", "error", err)
 			}
 			seq, _ := pending.Bundle.SequenceNumber()
 			*bundleSeq = seq
@@ -91,9 +91,9 @@ func (a *Agent) syncOnce(ctx context.Context, node tallyv1.NodeClient, changed <
 		*rev = m.GetRevision()
 		pending = nil
 		bo.Reset()
-		a.metrics.syncUpdates.Inc()
+		s.cfg.Metrics.syncUpdates.Inc()
 		if at := m.GetChangedAtUnixNano(); at > 0 {
-			a.metrics.syncLag.Observe(max(a.clock.Since(time.Unix(0, at)).Seconds(), 0))
+			s.cfg.Metrics.syncLag.Observe(max(s.cfg.Clock.Since(time.Unix(0, at)).Seconds(), 0))
 		}
 	}
 }

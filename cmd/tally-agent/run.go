@@ -5,7 +5,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/tallyid/tally/agent"
+	agentapp "github.com/tallyid/tally/internal/app/agent"
 	"github.com/tallyid/tally/internal/config"
 	"github.com/tallyid/tally/internal/logging"
 )
@@ -25,22 +25,19 @@ func newRootCommand() *cobra.Command {
 const envJoinToken = "TALLY_JOIN_TOKEN"
 
 func newRunCommand() *cobra.Command {
-	cfg := agent.DefaultConfig()
+	cfg := agentapp.DefaultConfig()
 	var configFile string
 	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Run the agent",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			final, err := config.Resolve(agent.DefaultConfig(), configFile, cmd.Flags(), agent.BindFlags)
+			final, err := config.Resolve(agentapp.DefaultConfig(), configFile, cmd.Flags(), agentapp.BindFlags)
 			if err != nil {
 				return err
 			}
 			if final.JoinToken == "" && final.JoinTokenFile == "" {
 				final.JoinToken = os.Getenv(envJoinToken)
-			}
-			if err := final.Validate(); err != nil {
-				return err
 			}
 			log, err := logging.New(os.Stderr, final.LogLevel, final.LogFormat)
 			if err != nil {
@@ -49,7 +46,8 @@ func newRunCommand() *cobra.Command {
 			if cmd.Flags().Changed("join-token") {
 				log.Warn("the join token was given on the command line, where every local user can read it (ps) until it is used; use --join-token-file or $" + envJoinToken)
 			}
-			a, err := agent.New(final, log)
+			final.Logger = log
+			a, err := agentapp.New(final)
 			if err != nil {
 				return err
 			}
@@ -57,6 +55,6 @@ func newRunCommand() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&configFile, "config", "", "YAML config file (flags override it)")
-	agent.BindFlags(cmd.Flags(), &cfg)
+	agentapp.BindFlags(cmd.Flags(), &cfg)
 	return cmd
 }

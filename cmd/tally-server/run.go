@@ -6,7 +6,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/tallyid/tally/internal/app/server"
+	serverapp "github.com/tallyid/tally/internal/app/server"
 	"github.com/tallyid/tally/internal/config"
 	"github.com/tallyid/tally/internal/logging"
 )
@@ -23,7 +23,7 @@ func newRootCommand() *cobra.Command {
 }
 
 func newRunCommand() *cobra.Command {
-	cfg := server.DefaultConfig()
+	cfg := serverapp.DefaultConfig()
 	var configFile string
 	cmd := &cobra.Command{
 		Use:   "run",
@@ -39,7 +39,7 @@ func newRunCommand() *cobra.Command {
 				return err
 			}
 			final.Logger = log
-			srv, err := server.New(final)
+			srv, err := serverapp.New(final)
 			if err != nil {
 				return err
 			}
@@ -47,12 +47,12 @@ func newRunCommand() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&configFile, "config", "", "YAML config file (flags override it)")
-	server.BindFlags(cmd.Flags(), &cfg)
+	serverapp.BindFlags(cmd.Flags(), &cfg)
 	return cmd
 }
 
 // resolveConfig applies, in order: defaults, the config file, then every
-// flag given on the command line. server.New validates the result.
-func resolveConfig(flags *pflag.FlagSet, file string) (server.Config, error) {
-	return config.Resolve(server.DefaultConfig(), file, flags, server.BindFlags)
+// flag given on the command line. serverapp.New validates the result.
+func resolveConfig(flags *pflag.FlagSet, file string) (serverapp.Config, error) {
+	return config.Resolve(serverapp.DefaultConfig(), file, flags, serverapp.BindFlags)
 }

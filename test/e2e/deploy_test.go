@@ -18,8 +18,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/dynamic"
 
-	"github.com/tallyid/tally/agent"
-	"github.com/tallyid/tally/internal/app/server"
+	agentapp "github.com/tallyid/tally/internal/app/agent"
+	serverapp "github.com/tallyid/tally/internal/app/server"
 	"github.com/tallyid/tally/internal/config"
 )
 
@@ -93,10 +93,10 @@ func TestDeployManifests(t *testing.T) {
 		require.NoError(t, os.WriteFile(p, []byte(got.Data[key]), 0o600))
 		return p
 	}
-	srv := server.DefaultConfig()
+	srv := serverapp.DefaultConfig()
 	require.NoError(t, config.LoadYAML(cm("tally-server", "tally-server.yaml"), &srv))
 	require.NoError(t, srv.Validate())
-	ag := agent.DefaultConfig()
+	ag := agentapp.DefaultConfig()
 	require.NoError(t, config.LoadYAML(cm("tally-agent", "tally-agent.yaml"), &ag))
 	require.NoError(t, ag.Validate())
 

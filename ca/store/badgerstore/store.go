@@ -37,6 +37,10 @@ const (
 
 	defaultGCInterval = 5 * time.Minute
 	gcDiscardRatio    = 0.5
+
+	// compactInterval is how often the store asks badger whether a level
+	// needs compacting (see compact).
+	compactInterval = time.Second
 )
 
 // Config configures Open.
@@ -58,6 +62,22 @@ type Config struct {
 // Store is a store.Store on badger. Every method that changes something
 // returns only after its transaction is synced to disk. All methods are safe
 // for concurrent use; Close must come after Run has returned.
+//
+// Write intents (batch.go). An entry mutation too big for one badger
+// transaction is saved whole as one intent value, then applied over several
+// transactions, and the intent is deleted with the last of them; Open
+// finishes an intent a crash interrupted, so a batch is never half there.
+//
+// Locks, always taken in this order: mu (every entry mutation: revisions
+// are allocated and committed in order), then applying (write lock: commit
+// while it applies an intent; read lock: readers of entries and events, so
+// that nobody sees half a batch). pruneMu is independent: it only serialises
+// PruneEvents and is never held with the others.
+//
+// Poisoned state: if applying an intent fails half way, unfinished is set
+// (under mu) and every later entry mutation is refused with it; what was
+// applied stays, and so does the intent, so a restart (Open) applies it
+// again from the start, which gives the same result. Reads go on.
 type Store struct {
 	db         *badger.DB
 	log        *slog.Logger
@@ -80,6 +100,12 @@ type Store struct {
 	// unfinished, once set (under mu), is why entry writes are refused: a
 	// write intent failed half way. See commit.
 	unfinished error
+
+	// stopCompact, closed once by Close, ends compact, which then closes
+	// compactDone.
+	stopCompact     chan struct{}
+	stopCompactOnce sync.Once
+	compactDone     chan struct{}
 }
 
 var _ store.Store = (*Store)(nil)
@@ -103,17 +129,7 @@ func Open(cfg Config) (*Store, error) {
 		cfg.MemTableSize = defaultMemTableSize
 	}
 	log := cfg.Logger.With("component", "badgerstore")
-	opts := badger.DefaultOptions(cfg.Dir).
-		WithSyncWrites(true).
-		WithLogger(badgerLogger{log: log}).
-		WithMemTableSize(cfg.MemTableSize).
-		WithValueThreshold(valueThreshold).
-		// Memory: at most one memtable waiting for its flush, a small block
-		// cache (the registry keeps entries in memory anyway), and value-log
-		// files small enough that GC can reclaim them.
-		WithNumMemtables(2).
-		WithBlockCacheSize(16 << 20).
-		WithValueLogFileSize(valueLogFileSize)
+	opts := badgerOptions(cfg.Dir, cfg.MemTableSize, log)
 	db, err := badger.Open(opts)
 	if err != nil && strings.HasSuffix(err.Error(), z.NewFile.Error()) {
 		// A crash between creating a memtable or value-log file and its
@@ -127,9 +143,13 @@ func Open(cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("badgerstore: open %s: %w", cfg.Dir, err)
 	}
-	s := &Store{db: db, log: log, clock: cfg.Clock, gcInterval: cfg.GCInterval, maxIntent: valueLogFileSize / 2}
+	s := &Store{
+		db: db, log: log, clock: cfg.Clock, gcInterval: cfg.GCInterval, maxIntent: valueLogFileSize / 2,
+		stopCompact: make(chan struct{}), compactDone: make(chan struct{}),
+	}
+	go s.compact()
 	if n, err := s.finishIntent(); err != nil {
-		return nil, errors.Join(fmt.Errorf("badgerstore: open %s: finish an interrupted batch: %w", cfg.Dir, err), db.Close())
+		return nil, errors.Join(fmt.Errorf("badgerstore: open %s: finish an interrupted batch: %w", cfg.Dir, err), s.Close())
 	} else if n > 0 {
 		log.Warn("finished a batch write that was interrupted", "writes", n)
 	}
@@ -140,14 +160,37 @@ func Open(cfg Config) (*Store, error) {
 		return err
 	})
 	if err != nil {
-		return nil, errors.Join(fmt.Errorf("badgerstore: open %s: read revision: %w", cfg.Dir, err), db.Close())
+		return nil, errors.Join(fmt.Errorf("badgerstore: open %s: read revision: %w", cfg.Dir, err), s.Close())
 	}
 	s.rev.Store(rev)
 	return s, nil
 }
 
-// Close closes the database. The store must not be used afterwards.
+// badgerOptions are the options Open gives badger.
+func badgerOptions(dir string, memTableSize int64, log *slog.Logger) badger.Options {
+	return badger.DefaultOptions(dir).
+		// No compactors of badger's own: each polls every 50 ms whether
+		// there is anything to compact (runCompactor in badger's levels.go),
+		// about 0.5 s of CPU a minute for the default 4 on an idle server
+		// (issue 9). The store compacts instead; see compact.
+		WithNumCompactors(0).
+		WithSyncWrites(true).
+		WithLogger(badgerLogger{log: log}).
+		WithMemTableSize(memTableSize).
+		WithValueThreshold(valueThreshold).
+		// Memory: at most one memtable waiting for its flush, a small block
+		// cache (the registry keeps entries in memory anyway), and value-log
+		// files small enough that GC can reclaim them.
+		WithNumMemtables(2).
+		WithBlockCacheSize(16 << 20).
+		WithValueLogFileSize(valueLogFileSize)
+}
+
+// Close closes the database, after any compaction in progress. The store
+// must not be used afterwards.
 func (s *Store) Close() error {
+	s.stopCompactOnce.Do(func() { close(s.stopCompact) })
+	<-s.compactDone
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("badgerstore: close: %w", err)
 	}
@@ -185,6 +228,44 @@ func (s *Store) collectGarbage(ctx context.Context) {
 		break
 	}
 	s.log.Debug("value log GC done", "rewrites", rewrites)
+}
+
+// compact does the work of badger's compactors, which badgerOptions turns
+// off, without their polling: every compactInterval it asks badger for the
+// levels' scores (DB.Levels: the scores badger's compactors pick by, of
+// levels at or above 1 only, so L0 at NumLevelZeroTables tables or a level
+// over its target size) and, when any level needs it, merges the tree into
+// one level with DB.Flatten, which drops deleted and overwritten versions
+// and feeds value-log GC its discard statistics like any compaction. Writes
+// go on meanwhile; badger stalls them only if L0 reaches
+// NumLevelZeroTablesStall (15) tables first. It returns when Close asks.
+func (s *Store) compact() {
+	defer close(s.compactDone)
+	t := time.NewTicker(compactInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stopCompact:
+			return
+		case <-t.C:
+		}
+		if !needsCompaction(s.db.Levels()) {
+			continue
+		}
+		if err := s.db.Flatten(1); err != nil {
+			s.log.Warn("compaction failed", "error", err)
+		}
+	}
+}
+
+// needsCompaction reports whether badger would compact one of levels.
+func needsCompaction(levels []badger.LevelInfo) bool {
+	for _, l := range levels {
+		if l.Score >= 1 {
+			return true
+		}
+	}
+	return false
 }
 
 // view runs fn in a read-only transaction that sees no half-applied write

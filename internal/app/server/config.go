@@ -1,6 +1,8 @@
-// Package server wires the Tally server: store, authority, registry, the
-// Node and Admin gRPC APIs, the HTTPS bundle and OIDC endpoints, and health.
-package server
+// Package serverapp is the tally-server binary: its config, and the wiring
+// that builds the server's components (store, authority, registry, the Node
+// and Admin gRPC APIs, the HTTPS bundle and OIDC endpoints, health) and
+// serves them.
+package serverapp
 
 import (
 	"errors"

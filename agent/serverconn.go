@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
+	"k8s.io/utils/clock"
 
 	tallyv1 "github.com/tallyid/tally/proto/tally/v1"
 )
@@ -24,15 +25,27 @@ type serverConn struct {
 	addr     string
 	serverID spiffeid.ID
 	id       *identity
+	clock    Clock
 
 	mu      sync.Mutex
 	cc      *grpc.ClientConn
 	node    tallyv1.NodeClient
 	changed chan struct{} // closed when cc is replaced
+	retired []retired     // replaced connections, closed after closeGrace
 }
 
-func newServerConn(addr string, serverID spiffeid.ID, id *identity) *serverConn {
-	return &serverConn{addr: addr, serverID: serverID, id: id, changed: make(chan struct{})}
+// retired is a replaced connection and the timer that closes it.
+type retired struct {
+	cc    *grpc.ClientConn
+	timer clock.Timer
+}
+
+// closeGrace is how long a replaced connection stays open for the calls in
+// flight on it; streams move to the new one at once (Changed).
+const closeGrace = 5 * time.Second
+
+func newServerConn(addr string, serverID spiffeid.ID, id *identity, clk Clock) *serverConn {
+	return &serverConn{addr: addr, serverID: serverID, id: id, clock: clk, changed: make(chan struct{})}
 }
 
 // reconnect opens a new connection with the current SVID and closes the
@@ -48,16 +61,27 @@ func (s *serverConn) reconnect() error {
 		return fmt.Errorf("agent: dial server: %w", err)
 	}
 	s.mu.Lock()
-	old := s.cc
+	defer s.mu.Unlock()
+	if old := s.cc; old != nil {
+		s.retired = append(s.retired, retired{cc: old, timer: s.clock.AfterFunc(closeGrace, func() { s.closeRetired(old) })})
+	}
 	s.cc, s.node = cc, tallyv1.NewNodeClient(cc)
 	close(s.changed)
 	s.changed = make(chan struct{})
-	s.mu.Unlock()
-	if old != nil {
-		// Give in-flight calls a moment; streams reconnect on Changed.
-		time.AfterFunc(5*time.Second, func() { old.Close() })
-	}
 	return nil
+}
+
+// closeRetired closes a replaced connection once its grace is over.
+func (s *serverConn) closeRetired(cc *grpc.ClientConn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, r := range s.retired {
+		if r.cc == cc {
+			s.retired = append(s.retired[:i], s.retired[i+1:]...)
+			cc.Close()
+			return
+		}
+	}
 }
 
 // Node returns the current client and a channel closed when it is replaced.
@@ -67,9 +91,15 @@ func (s *serverConn) Node() (tallyv1.NodeClient, <-chan struct{}) {
 	return s.node, s.changed
 }
 
+// Close closes the connection and every replaced one still in its grace.
 func (s *serverConn) Close() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	for _, r := range s.retired {
+		r.timer.Stop()
+		r.cc.Close()
+	}
+	s.retired = nil
 	if s.cc != nil {
 		s.cc.Close()
 	}

@@ -1,8 +1,9 @@
-package agent
+package agentapp
 
 import (
 	"context"
 	"fmt"
+	"log/slog"
 
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -32,31 +33,31 @@ func (w workloadAttestors) Attest(ctx context.Context, p attest.Process) ([]atte
 // newWorkloadAttestors builds the unix attestor and, with a pod source, the
 // Kubernetes one; run is non-nil when an attestor needs a loop (the pod
 // watch).
-func (a *Agent) newWorkloadAttestors() (workloadAttestors, func(context.Context) error, error) {
-	list := workloadAttestors{unixattest.New(unixattest.Config{Logger: a.log.With("component", "unix-attestor")})}
-	if a.cfg.PodSource == "" {
+func newWorkloadAttestors(c Config, log *slog.Logger) (workloadAttestors, func(context.Context) error, error) {
+	list := workloadAttestors{unixattest.New(unixattest.Config{Logger: log.With("component", "unix-attestor")})}
+	if c.PodSource == "" {
 		return list, nil, nil
 	}
 	cfg := k8sattest.Config{
-		NodeName:      a.cfg.NodeName,
-		PodSource:     a.cfg.PodSource,
-		KubeletURL:    a.cfg.KubeletURL,
-		KubeletCAFile: a.cfg.KubeletCAFile,
-		TokenPath:     a.cfg.KubeletTokenPath,
-		Logger:        a.log.With("component", "k8s-attestor"),
+		NodeName:      c.NodeName,
+		PodSource:     c.PodSource,
+		KubeletURL:    c.KubeletURL,
+		KubeletCAFile: c.KubeletCAFile,
+		TokenPath:     c.KubeletTokenPath,
+		Logger:        log.With("component", "k8s-attestor"),
 	}
-	if a.cfg.PodSource == "apiserver" {
+	if c.PodSource == "apiserver" {
 		var rc *rest.Config
 		var err error
-		if a.cfg.Kubeconfig != "" {
-			rc, err = clientcmd.BuildConfigFromFlags("", a.cfg.Kubeconfig)
+		if c.Kubeconfig != "" {
+			rc, err = clientcmd.BuildConfigFromFlags("", c.Kubeconfig)
 		} else {
 			rc, err = rest.InClusterConfig()
 		}
 		if err != nil {
 			return nil, nil, fmt.Errorf("agent: kubernetes client config: %w", err)
 		}
-		if cfg.Pods, err = k8sattest.PodListWatch(rc, a.cfg.NodeName); err != nil {
+		if cfg.Pods, err = k8sattest.PodListWatch(rc, c.NodeName); err != nil {
 			return nil, nil, fmt.Errorf("agent: %w", err)
 		}
 	}

@@ -1,18 +1,18 @@
-// Package agent is the node agent: it attests to the server, follows the
-// entries it may issue, mints and rotates workload SVIDs, and serves them on
-// the SPIFFE Workload API.
-package agent
+package agentapp
 
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"net"
 	"os"
 
 	"github.com/spf13/pflag"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"k8s.io/utils/clock"
 
+	"github.com/tallyid/tally/agent"
 	"github.com/tallyid/tally/internal/logging"
 )
 
@@ -76,6 +76,24 @@ type Config struct {
 	// LogLevel is debug, info, warn or error; LogFormat is json or text.
 	LogLevel  string `yaml:"log_level"`
 	LogFormat string `yaml:"log_format"`
+
+	// Clock is the agent's time (renewals, expiry, retries). Default: the
+	// real clock. Not a key: tests set it.
+	Clock agent.Clock
+	// Logger receives everything the agent logs. Default: discard.
+	// tally-agent sets one from log_level and log_format.
+	Logger *slog.Logger
+}
+
+// withDefaults fills the clock and the logger.
+func (c Config) withDefaults() Config {
+	if c.Clock == nil {
+		c.Clock = clock.RealClock{}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
 }
 
 // DefaultConfig returns the documented defaults.
@@ -91,9 +109,9 @@ func DefaultConfig() Config {
 		DataDir:          "./tally-agent-data",
 		HealthAddress:    "127.0.0.1:8082",
 		SVIDCacheSize:    1000,
-		JWTCacheSize:     DefaultJWTCacheSize,
-		JWTMintRate:      DefaultJWTMintRate,
-		JWTMintBurst:     DefaultJWTMintBurst,
+		JWTCacheSize:     agent.DefaultJWTCacheSize,
+		JWTMintRate:      agent.DefaultJWTMintRate,
+		JWTMintBurst:     agent.DefaultJWTMintBurst,
 		LogLevel:         "info",
 		LogFormat:        "json",
 	}

@@ -1,0 +1,296 @@
+package agent
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+	"k8s.io/utils/clock"
+
+	"github.com/tallyid/tally/internal/backoff"
+	"github.com/tallyid/tally/internal/renew"
+	"github.com/tallyid/tally/internal/reserved"
+	tallyv1 "github.com/tallyid/tally/proto/tally/v1"
+)
+
+// Credential produces the agent's attestation credential (the agent side
+// of a node attestor: a join token, a projected service-account token).
+type Credential interface {
+	// Type is the attestation type on the wire (join_token, k8s_psat).
+	Type() string
+	// Data returns the credential, read fresh on every attestation.
+	Data(ctx context.Context) ([]byte, error)
+}
+
+// Clock is what the agent needs of time; k8s.io/utils/clock's real and
+// fake clocks have it.
+type Clock interface {
+	clock.WithTicker
+	AfterFunc(d time.Duration, f func()) clock.Timer
+}
+
+// SessionConfig configures a Session.
+type SessionConfig struct {
+	TrustDomain spiffeid.TrustDomain
+	// ServerAddress is the server's Node API, host:port.
+	ServerAddress string
+	// DataDir keeps the agent SVID, its key (0600) and the last bundle, so
+	// that a restart does not attest again.
+	DataDir string
+	// TrustBundle is a PEM file with the server's X.509 authorities, to
+	// authenticate the server before the first attestation; with
+	// InsecureBootstrap the first attestation does not authenticate it.
+	TrustBundle       string
+	InsecureBootstrap bool
+	// Credential attests the agent.
+	Credential Credential
+	Metrics    *Metrics
+	// Clock times renewals, expiry checks and retries. Default: real.
+	Clock Clock
+	// Logger default: discard.
+	Logger *slog.Logger
+}
+
+// Session is the agent's standing with the server: its identity (the agent
+// SVID and the bundle, kept in DataDir), the mTLS connection made with it,
+// and the loops that keep both current and follow the entries.
+type Session struct {
+	cfg      SessionConfig
+	log      *slog.Logger
+	serverID spiffeid.ID
+	id       *identity
+	conn     *serverConn
+}
+
+// OpenSession loads the stored identity, if any, and the bootstrap bundle.
+// Close releases the connection.
+func OpenSession(cfg SessionConfig) (*Session, error) {
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics(nil)
+	}
+	id, err := loadIdentity(cfg.DataDir, cfg.TrustDomain)
+	if err != nil {
+		return nil, err
+	}
+	if _, b := id.current(); b == nil && cfg.TrustBundle != "" {
+		b, err := readBundlePEM(cfg.TrustDomain, cfg.TrustBundle)
+		if err != nil {
+			return nil, err
+		}
+		if err := id.setBundle(b); err != nil {
+			return nil, err
+		}
+	}
+	serverID := reserved.ServerID(cfg.TrustDomain)
+	return &Session{cfg: cfg, log: cfg.Logger, serverID: serverID, id: id,
+		conn: newServerConn(cfg.ServerAddress, serverID, id, cfg.Clock)}, nil
+}
+
+// Close closes the connection to the server.
+func (s *Session) Close() { s.conn.Close() }
+
+// AgentID is the agent's SPIFFE ID, "" before it has one.
+func (s *Session) AgentID() string {
+	if svid, _ := s.id.current(); svid != nil {
+		return svid.ID.String()
+	}
+	return ""
+}
+
+// Minter is the connection to the server, for the Cache.
+func (s *Session) Minter() Minter { return s.conn }
+
+// Start reuses a stored, unexpired agent SVID, or attests until it
+// succeeds or ctx ends; failures back off up to 30 s.
+func (s *Session) Start(ctx context.Context) error {
+	if svid, _ := s.id.current(); svid != nil && s.cfg.Clock.Now().Before(svid.Certificates[0].NotAfter) {
+		s.log.Info("reusing the stored agent SVID; not attesting", "spiffe_id", svid.ID.String(), "expires_at", svid.Certificates[0].NotAfter)
+		return s.conn.reconnect()
+	}
+	bo := backoff.New(time.Second, 30*time.Second)
+	for {
+		err := s.attest(ctx)
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		d := bo.Next()
+		s.log.Error("attestation failed", "error", err, "retry_in", d)
+		if s.sleep(ctx, d) != nil {
+			return ctx.Err()
+		}
+	}
+}
+
+// Run keeps the agent SVID (keepIdentity) and follows the entries into
+// cache (followEntries) until ctx is done. Call Start first.
+func (s *Session) Run(ctx context.Context, cache *Cache) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return s.keepIdentity(ctx) })
+	g.Go(func() error { return s.followEntries(ctx, cache) })
+	return g.Wait()
+}
+
+// attest proves the node's identity to the server and stores the agent
+// SVID and bundle it returns.
+func (s *Session) attest(ctx context.Context) error {
+	data, err := s.cfg.Credential.Data(ctx)
+	if err != nil {
+		return fmt.Errorf("agent: attestation data: %w", err)
+	}
+	if s.cfg.InsecureBootstrap {
+		if _, b := s.id.current(); b == nil {
+			s.log.Warn("INSECURE BOOTSTRAP: the server is not authenticated for this attestation; configure trust_bundle instead")
+		}
+	}
+	_, known := s.id.current()
+	cc, err := grpc.NewClient(s.cfg.ServerAddress,
+		grpc.WithTransportCredentials(credentials.NewTLS(bootstrapTLS(s.id, s.serverID, s.cfg.InsecureBootstrap && known == nil))))
+	if err != nil {
+		return fmt.Errorf("agent: dial server: %w", err)
+	}
+	defer cc.Close()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		return err
+	}
+	resp, err := tallyv1.NewNodeClient(cc).AttestAgent(ctx, &tallyv1.AttestAgentRequest{
+		AttestationType: s.cfg.Credential.Type(), AttestationData: data, Csr: csr,
+	})
+	if err != nil {
+		return fmt.Errorf("agent: attest: %w", err)
+	}
+	bundle, err := spiffebundle.Parse(s.cfg.TrustDomain, resp.GetBundle())
+	if err != nil {
+		return fmt.Errorf("agent: attest: bundle: %w", err)
+	}
+	svid, err := svidFromChain(resp.GetSvidChain(), key)
+	if err != nil {
+		return err
+	}
+	if err := s.id.setBundle(bundle); err != nil {
+		return err
+	}
+	if err := s.id.setSVID(svid); err != nil {
+		return err
+	}
+	s.cfg.Metrics.attestations.Inc()
+	s.log.Info("agent attested", "spiffe_id", svid.ID.String(), "expires_at", svid.Certificates[0].NotAfter)
+	return s.conn.reconnect()
+}
+
+// renew replaces the agent SVID through RenewAgent.
+func (s *Session) renew(ctx context.Context) error {
+	node, _ := s.conn.Node()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		return err
+	}
+	resp, err := node.RenewAgent(ctx, &tallyv1.RenewAgentRequest{Csr: csr})
+	if err != nil {
+		return fmt.Errorf("agent: renew: %w", err)
+	}
+	svid, err := svidFromChain(resp.GetSvidChain(), key)
+	if err != nil {
+		return err
+	}
+	if err := s.id.setSVID(svid); err != nil {
+		return err
+	}
+	s.log.Info("agent SVID renewed", "spiffe_id", svid.ID.String(), "expires_at", svid.Certificates[0].NotAfter)
+	return s.conn.reconnect()
+}
+
+func svidFromChain(chain [][]byte, key *ecdsa.PrivateKey) (*x509svid.SVID, error) {
+	der := concatDER(chain)
+	pkcs8, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, err
+	}
+	svid, err := x509svid.ParseRaw(der, pkcs8)
+	if err != nil {
+		return nil, fmt.Errorf("agent: SVID from server: %w", err)
+	}
+	return svid, nil
+}
+
+// keepIdentity renews the agent SVID at half its lifetime (less a jitter:
+// renew.At). When the SVID
+// has expired (the server was unreachable for long) or the server no longer
+// accepts it, the agent attests again once it can, instead of failing
+// forever; failures back off up to 30s.
+func (s *Session) keepIdentity(ctx context.Context) error {
+	bo := backoff.New(time.Second, 30*time.Second)
+	for {
+		svid, _ := s.id.current()
+		leaf := svid.Certificates[0]
+		wait := renew.At(leaf.NotBefore, leaf.NotAfter).Sub(s.cfg.Clock.Now())
+		if err := s.sleep(ctx, wait); err != nil {
+			return nil
+		}
+		var err error
+		if !s.cfg.Clock.Now().Before(leaf.NotAfter) {
+			s.log.Warn("agent SVID expired; attesting again", "expired_at", leaf.NotAfter)
+			err = s.attest(ctx)
+		} else {
+			err = s.renew(ctx)
+			if code := status.Code(err); err != nil && (code == codes.PermissionDenied || code == codes.Unauthenticated) {
+				s.log.Warn("server refused the agent SVID; attesting again", "error", err)
+				err = s.attest(ctx)
+			}
+		}
+		if err == nil {
+			bo.Reset()
+			continue
+		}
+		d := bo.Next()
+		s.log.Warn("keeping the agent SVID", "error", err, "retry_in", d)
+		if err := s.sleep(ctx, d); err != nil {
+			return nil
+		}
+	}
+}
+
+// sleep waits d on the agent's clock, or until ctx is done.
+func (s *Session) sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := s.cfg.Clock.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C():
+		return nil
+	}
+}
