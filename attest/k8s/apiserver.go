@@ -10,30 +10,18 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/tallyid/tally/internal/kube"
 )
 
 // PodListWatch lists and watches the pods bound to node (field selector
-// spec.nodeName) through the API server of cfg. It uses a REST client that
-// knows only core/v1, not client-go's full clientset, whose scheme costs
-// every process that links it ~20 MB at start.
+// spec.nodeName) through the API server of cfg, with user agent
+// "tally-agent" when cfg sets none. It uses kube.RESTClient, which knows
+// only core/v1, not client-go's full clientset.
 func PodListWatch(cfg *rest.Config, node string) (cache.ListerWatcher, error) {
-	scheme := runtime.NewScheme()
-	if err := corev1.AddToScheme(scheme); err != nil {
-		return nil, fmt.Errorf("k8s: %w", err)
-	}
-	metav1.AddToGroupVersion(scheme, corev1.SchemeGroupVersion)
-	c := rest.CopyConfig(cfg)
-	c.APIPath = "/api"
-	c.GroupVersion = &corev1.SchemeGroupVersion
-	c.NegotiatedSerializer = serializer.NewCodecFactory(scheme).WithoutConversion()
-	if c.UserAgent == "" {
-		c.UserAgent = "tally-agent"
-	}
-	rc, err := rest.RESTClientFor(c)
+	rc, err := kube.RESTClient(cfg, "tally-agent")
 	if err != nil {
 		return nil, fmt.Errorf("k8s: kubernetes client: %w", err)
 	}

@@ -21,8 +21,9 @@ import (
 	"github.com/tallyid/tally/attest"
 )
 
-// These tests run the pod watch against client-go's fake clientset; the
-// tests against a real API server are in test/e2e.
+// These tests run the pod watch against client-go's fake clientset;
+// podlistwatch_test.go runs PodListWatch against an HTTP server speaking the
+// API server's list and watch JSON, and test/e2e against a real API server.
 
 // mirrorPod is the API server's mirror of the static pod of fixture 116: its
 // own UID, the kubelet's in an annotation.
@@ -33,13 +34,13 @@ func mirrorPod() corev1.Pod {
 	return p
 }
 
-// startAPIServerAttestor runs an apiserver-mode Attestor on client until the
-// test ends and waits for its first list.
-func startAPIServerAttestor(t testing.TB, client *fake.Clientset, cfg Config) *Attestor {
+// startAPIServerAttestor runs an apiserver-mode Attestor on node-1's pods
+// until the test ends and waits for its first list.
+func startAPIServerAttestor(t testing.TB, pods cache.ListerWatcher, cfg Config) *Attestor {
 	t.Helper()
 	cfg.PodSource = SourceAPIServer
 	cfg.NodeName = "node-1"
-	cfg.Pods = fakePods(client, "node-1")
+	cfg.Pods = pods
 	cfg.ProcRoot = fixtureRoot
 	a, err := New(cfg)
 	require.NoError(t, err)
@@ -80,7 +81,7 @@ func clientWith(pods ...corev1.Pod) *fake.Clientset {
 
 func TestAPIServerIndexesPods(t *testing.T) {
 	client := clientWith(append(fillerPods(20), webPod(), mirrorPod())...)
-	a := startAPIServerAttestor(t, client, Config{})
+	a := startAPIServerAttestor(t, fakePods(client, "node-1"), Config{})
 
 	// The watch asks for this node's pods only.
 	var lists int
@@ -168,7 +169,7 @@ func TestAPIServerIndexesPods(t *testing.T) {
 func TestAPIServerPodStartsLater(t *testing.T) {
 	client := clientWith(fillerPods(5)...)
 	clk := clocktesting.NewFakeClock(time.Now())
-	a := startAPIServerAttestor(t, client, Config{Clock: clk})
+	a := startAPIServerAttestor(t, fakePods(client, "node-1"), Config{Clock: clk})
 	// The watch is open: an object created now reaches it.
 	require.Eventually(t, func() bool {
 		for _, act := range client.Actions() {
@@ -209,7 +210,7 @@ func TestAPIServerAmbiguous(t *testing.T) {
 		pod("a", "one", uidBestEffort, status("c", cid("104"), "img:1")),
 		pod("b", "two", uidOther, status("c", cid("104"), "img:1")),
 	)
-	a := startAPIServerAttestor(t, client, Config{})
+	a := startAPIServerAttestor(t, fakePods(client, "node-1"), Config{})
 	sels, err := a.Attest(t.Context(), attest.Process{PID: 104})
 	require.ErrorIs(t, err, ErrAmbiguous)
 	assert.Nil(t, sels)

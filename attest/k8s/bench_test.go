@@ -30,7 +30,7 @@ func BenchmarkAttestKubelet100Pods(b *testing.B) {
 // BenchmarkAttestAPIServer100Pods attests one process again and again
 // against the watch of a node with 100 pods.
 func BenchmarkAttestAPIServer100Pods(b *testing.B) {
-	a := startAPIServerAttestor(b, clientWith(hundredPods()...), Config{})
+	a := startAPIServerAttestor(b, fakePods(clientWith(hundredPods()...), "node-1"), Config{})
 	benchAttest(b, a)
 }
 

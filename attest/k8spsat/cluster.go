@@ -8,9 +8,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/client-go/rest"
+
+	"github.com/tallyid/tally/internal/kube"
 )
 
 // Cluster is the part of the Kubernetes API the Attestor needs.
@@ -46,31 +46,18 @@ const (
 // limited by cfg.QPS and cfg.Burst (DefaultQPS and DefaultBurst when 0). The
 // identity needs RBAC to create tokenreviews (authentication.k8s.io) and to
 // get pods and nodes. Each call goes to the apiserver (the Attestor caches
-// nodes itself). It uses a REST client that knows only the types it reads,
-// not client-go's full clientset, whose scheme costs every process that
-// links it ~20 MB at start.
+// nodes itself). The user agent is "tally-server" when cfg sets none. It
+// uses kube.RESTClient, which knows only the types it reads (core/v1 and
+// authentication/v1), not client-go's full clientset.
 func NewCluster(cfg *rest.Config) (Cluster, error) {
-	scheme := runtime.NewScheme()
-	if err := authv1.AddToScheme(scheme); err != nil {
-		return nil, fmt.Errorf("k8spsat: %w", err)
-	}
-	if err := corev1.AddToScheme(scheme); err != nil {
-		return nil, fmt.Errorf("k8spsat: %w", err)
-	}
 	c := rest.CopyConfig(cfg)
-	c.APIPath = "/api"
-	c.GroupVersion = &corev1.SchemeGroupVersion
-	c.NegotiatedSerializer = serializer.NewCodecFactory(scheme).WithoutConversion()
 	if c.QPS == 0 {
 		c.QPS = DefaultQPS
 	}
 	if c.Burst == 0 {
 		c.Burst = DefaultBurst
 	}
-	if c.UserAgent == "" {
-		c.UserAgent = "tally-server"
-	}
-	rc, err := rest.RESTClientFor(c)
+	rc, err := kube.RESTClient(c, "tally-server", authv1.AddToScheme)
 	if err != nil {
 		return nil, fmt.Errorf("k8spsat: kubernetes client: %w", err)
 	}

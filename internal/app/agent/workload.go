@@ -5,12 +5,10 @@ import (
 	"fmt"
 	"log/slog"
 
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
-
 	"github.com/tallyid/tally/attest"
 	k8sattest "github.com/tallyid/tally/attest/k8s"
 	unixattest "github.com/tallyid/tally/attest/unix"
+	"github.com/tallyid/tally/internal/kube"
 	"github.com/tallyid/tally/workloadapi"
 )
 
@@ -47,13 +45,7 @@ func newWorkloadAttestors(c Config, log *slog.Logger) (workloadAttestors, func(c
 		Logger:        log.With("component", "k8s-attestor"),
 	}
 	if c.PodSource == "apiserver" {
-		var rc *rest.Config
-		var err error
-		if c.Kubeconfig != "" {
-			rc, err = clientcmd.BuildConfigFromFlags("", c.Kubeconfig)
-		} else {
-			rc, err = rest.InClusterConfig()
-		}
+		rc, err := kube.Config(c.Kubeconfig)
 		if err != nil {
 			return nil, nil, fmt.Errorf("agent: kubernetes client config: %w", err)
 		}

@@ -5,23 +5,16 @@ import (
 	"log/slog"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/tallyid/tally/attest/k8spsat"
+	"github.com/tallyid/tally/internal/kube"
 )
 
 // psatAttestor builds the k8s_psat attestor from the config, talking to
 // the cluster with the kubeconfig (or in-cluster credentials) at the
 // configured rate limit, and logging why it refuses attestations to log.
 func psatAttestor(cfg Config, td spiffeid.TrustDomain, log *slog.Logger) (*k8spsat.Attestor, error) {
-	var rc *rest.Config
-	var err error
-	if cfg.PSATKubeconfig != "" {
-		rc, err = clientcmd.BuildConfigFromFlags("", cfg.PSATKubeconfig)
-	} else {
-		rc, err = rest.InClusterConfig()
-	}
+	rc, err := kube.Config(cfg.PSATKubeconfig)
 	if err != nil {
 		return nil, fmt.Errorf("server: k8s_psat: kubernetes client config: %w", err)
 	}

@@ -2,14 +2,29 @@ package serverapp
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
 	"net"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/tallyid/tally/ca/store/badgerstore"
+	tallyv1 "github.com/tallyid/tally/proto/tally/v1"
 )
 
 func freeAddr(t *testing.T) string {
@@ -56,4 +71,60 @@ func TestNewRefusesABadConfig(t *testing.T) {
 	cfg := DefaultConfig()
 	_, err := New(cfg)
 	require.ErrorContains(t, err, "trust_domain")
+}
+
+// startInProcess runs a server in this process on clk and returns its
+// config once it serves.
+func startInProcess(t *testing.T, clk *clocktesting.FakeClock) Config {
+	t.Helper()
+	dir := t.TempDir()
+	cfg := DefaultConfig()
+	cfg.TrustDomain = "example.org"
+	cfg.DataDir = filepath.Join(dir, "data")
+	cfg.AdminSocket = filepath.Join(dir, "admin.sock")
+	cfg.BindAddress, cfg.HTTPAddress, cfg.HealthAddress = freeAddr(t), freeAddr(t), freeAddr(t)
+	cfg.Clock = clk
+	s, err := New(cfg)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		require.NoError(t, <-done)
+	})
+	require.Eventually(t, s.ready.Load, 30*time.Second, 10*time.Millisecond)
+	return cfg
+}
+
+// TestJoinTokenExpires: a join token is refused once its TTL has passed on
+// the server's clock (a fake one: no test waits for real time to pass).
+func TestJoinTokenExpires(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Now())
+	cfg := startInProcess(t, clk)
+	adminConn, err := grpc.NewClient("unix://"+cfg.AdminSocket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	defer adminConn.Close()
+	admin := tallyv1.NewAdminClient(adminConn)
+	ctx := context.Background()
+	resp, err := admin.CreateJoinToken(ctx, &tallyv1.CreateJoinTokenRequest{TtlSeconds: 30})
+	require.NoError(t, err)
+	raw, err := admin.GetBundle(ctx, &tallyv1.GetBundleRequest{})
+	require.NoError(t, err)
+	bundle, err := spiffebundle.Parse(spiffeid.RequireTrustDomainFromString("example.org"), raw.GetSpiffeBundle())
+	require.NoError(t, err)
+	tlsCfg := tlsconfig.TLSClientConfig(bundle, tlsconfig.AuthorizeID(spiffeid.RequireFromString("spiffe://example.org/tally/server")))
+	nodeConn, err := grpc.NewClient(cfg.BindAddress, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
+	require.NoError(t, err)
+	defer nodeConn.Close()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	require.NoError(t, err)
+
+	clk.Step(31 * time.Second) // past the TTL, before the minutely pruning of expired tokens
+	_, err = tallyv1.NewNodeClient(nodeConn).AttestAgent(ctx, &tallyv1.AttestAgentRequest{
+		AttestationType: "join_token", AttestationData: []byte(resp.GetToken()), Csr: csr})
+	require.Equal(t, codes.PermissionDenied, status.Code(err), "%v", err)
+	require.Contains(t, status.Convert(err).Message(), "expired")
 }
