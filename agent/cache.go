@@ -109,7 +109,7 @@ func cacheDefaults(cfg CacheConfig) CacheConfig {
 		cfg.Clock = clock.RealClock{}
 	}
 	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
+		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics(nil)

@@ -2,9 +2,6 @@ package agent
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
 	"fmt"
 	"log/slog"
@@ -21,6 +18,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/tallyid/tally/internal/backoff"
+	"github.com/tallyid/tally/internal/logkey"
 	"github.com/tallyid/tally/internal/renew"
 	"github.com/tallyid/tally/internal/reserved"
 	tallyv1 "github.com/tallyid/tally/proto/tally/v1"
@@ -123,7 +121,7 @@ func (s *Session) Minter() Minter { return s.conn }
 // succeeds or ctx ends; failures back off up to 30 s.
 func (s *Session) Start(ctx context.Context) error {
 	if svid, _ := s.id.current(); svid != nil && s.cfg.Clock.Now().Before(svid.Certificates[0].NotAfter) {
-		s.log.Info("reusing the stored agent SVID; not attesting", "spiffe_id", svid.ID.String(), "expires_at", svid.Certificates[0].NotAfter)
+		s.log.Info("reusing the stored agent SVID; not attesting", logkey.SPIFFEID, svid.ID.String(), logkey.NotAfter, svid.Certificates[0].NotAfter)
 		return s.conn.reconnect()
 	}
 	bo := backoff.New(time.Second, 30*time.Second)
@@ -136,7 +134,7 @@ func (s *Session) Start(ctx context.Context) error {
 			return ctx.Err()
 		}
 		d := bo.Next()
-		s.log.Error("attestation failed", "error", err, "retry_in", d)
+		s.log.Error("attestation failed", logkey.Error, err, logkey.RetryIn, d)
 		if s.sleep(ctx, d) != nil {
 			return ctx.Err()
 		}
@@ -171,11 +169,7 @@ func (s *Session) attest(ctx context.Context) error {
 		return fmt.Errorf("agent: dial server: %w", err)
 	}
 	defer cc.Close()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return err
-	}
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	csr, key, err := newCSR(&x509.CertificateRequest{})
 	if err != nil {
 		return err
 	}
@@ -200,18 +194,14 @@ func (s *Session) attest(ctx context.Context) error {
 		return err
 	}
 	s.cfg.Metrics.attestations.Inc()
-	s.log.Info("agent attested", "spiffe_id", svid.ID.String(), "expires_at", svid.Certificates[0].NotAfter)
+	s.log.Info("agent attested", logkey.SPIFFEID, svid.ID.String(), logkey.NotAfter, svid.Certificates[0].NotAfter)
 	return s.conn.reconnect()
 }
 
 // renew replaces the agent SVID through RenewAgent.
 func (s *Session) renew(ctx context.Context) error {
 	node, _ := s.conn.Node()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return err
-	}
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	csr, key, err := newCSR(&x509.CertificateRequest{})
 	if err != nil {
 		return err
 	}
@@ -226,17 +216,13 @@ func (s *Session) renew(ctx context.Context) error {
 	if err := s.id.setSVID(svid); err != nil {
 		return err
 	}
-	s.log.Info("agent SVID renewed", "spiffe_id", svid.ID.String(), "expires_at", svid.Certificates[0].NotAfter)
+	s.log.Info("agent SVID renewed", logkey.SPIFFEID, svid.ID.String(), logkey.NotAfter, svid.Certificates[0].NotAfter)
 	return s.conn.reconnect()
 }
 
-func svidFromChain(chain [][]byte, key *ecdsa.PrivateKey) (*x509svid.SVID, error) {
-	der := concatDER(chain)
-	pkcs8, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, err
-	}
-	svid, err := x509svid.ParseRaw(der, pkcs8)
+// svidFromChain is the agent SVID in chain for the PKCS#8 key made for it.
+func svidFromChain(chain [][]byte, key []byte) (*x509svid.SVID, error) {
+	svid, err := x509svid.ParseRaw(concatDER(chain), key)
 	if err != nil {
 		return nil, fmt.Errorf("agent: SVID from server: %w", err)
 	}
@@ -259,12 +245,12 @@ func (s *Session) keepIdentity(ctx context.Context) error {
 		}
 		var err error
 		if !s.cfg.Clock.Now().Before(leaf.NotAfter) {
-			s.log.Warn("agent SVID expired; attesting again", "expired_at", leaf.NotAfter)
+			s.log.Warn("agent SVID expired; attesting again", logkey.NotAfter, leaf.NotAfter)
 			err = s.attest(ctx)
 		} else {
 			err = s.renew(ctx)
 			if code := status.Code(err); err != nil && (code == codes.PermissionDenied || code == codes.Unauthenticated) {
-				s.log.Warn("server refused the agent SVID; attesting again", "error", err)
+				s.log.Warn("server refused the agent SVID; attesting again", logkey.Error, err)
 				err = s.attest(ctx)
 			}
 		}
@@ -273,7 +259,7 @@ func (s *Session) keepIdentity(ctx context.Context) error {
 			continue
 		}
 		d := bo.Next()
-		s.log.Warn("keeping the agent SVID", "error", err, "retry_in", d)
+		s.log.Warn("keeping the agent SVID", logkey.Error, err, logkey.RetryIn, d)
 		if err := s.sleep(ctx, d); err != nil {
 			return nil
 		}

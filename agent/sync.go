@@ -8,6 +8,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 
 	"github.com/tallyid/tally/internal/backoff"
+	"github.com/tallyid/tally/internal/logkey"
 	tallyv1 "github.com/tallyid/tally/proto/tally/v1"
 )
 
@@ -30,7 +31,7 @@ func (s *Session) followEntries(ctx context.Context, cache *Cache) error {
 		default:
 		}
 		d := bo.Next()
-		s.log.Warn("entry sync interrupted; serving from cache", "error", err, "revision", rev, "retry_in", d)
+		s.log.Warn("entry sync interrupted; serving from cache", logkey.Error, err, logkey.Revision, rev, logkey.RetryIn, d)
 		if s.sleep(ctx, d) != nil {
 			return nil
 		}
@@ -79,11 +80,11 @@ func (s *Session) syncOnce(ctx context.Context, cache *Cache, node tallyv1.NodeC
 			continue
 		}
 		cache.Apply(*pending)
-		s.log.Debug("entry sync applied", "snapshot", pending.Reset, "revision", m.GetRevision(),
+		s.log.Debug("entry sync applied", "snapshot", pending.Reset, logkey.Revision, m.GetRevision(),
 			"upserts", len(pending.Upserts), "deleted", len(pending.Deleted), "bundle", pending.Bundle != nil)
 		if pending.Bundle != nil {
 			if err := s.id.setBundle(pending.Bundle); err != nil {
-				s.log.Warn("keeping the bundle", "error", err)
+				s.log.Warn("keeping the bundle", logkey.Error, err)
 			}
 			seq, _ := pending.Bundle.SequenceNumber()
 			*bundleSeq = seq

@@ -16,6 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"k8s.io/utils/clock"
 
+	"github.com/tallyid/tally/internal/logkey"
 	"github.com/tallyid/tally/internal/renew"
 	tallyv1 "github.com/tallyid/tally/proto/tally/v1"
 	"github.com/tallyid/tally/workloadapi"
@@ -43,18 +44,18 @@ func (m *x509Minter) mint(ctx context.Context, batch []*entry) []*minted {
 	out := make([]*minted, len(batch))
 	results, keys, err := m.sign(ctx, batch)
 	if err != nil {
-		m.log.Warn("minting SVIDs", "count", len(batch), "error", err)
+		m.log.Warn("minting SVIDs", "count", len(batch), logkey.Error, err)
 		return out
 	}
 	bundle := m.bundle()
 	for i, r := range results {
 		if r.GetError() != "" {
-			m.log.Warn("server refused an SVID", "entry_id", batch[i].ID, "spiffe_id", batch[i].SPIFFEID.String(), "error", r.GetError())
+			m.log.Warn("server refused an SVID", "entry_id", batch[i].ID, logkey.SPIFFEID, batch[i].SPIFFEID.String(), logkey.Error, r.GetError())
 			continue
 		}
 		s, err := newMinted(batch[i], r.GetCertChain(), keys[i], bundle, m.clock.Now())
 		if err != nil {
-			m.log.Warn("bad SVID from server", "entry_id", batch[i].ID, "error", err)
+			m.log.Warn("bad SVID from server", "entry_id", batch[i].ID, logkey.Error, err)
 			continue
 		}
 		out[i] = s
@@ -68,7 +69,7 @@ func (m *x509Minter) sign(ctx context.Context, batch []*entry) ([]*tallyv1.X509S
 	reqs := make([]*tallyv1.X509SVIDRequest, 0, len(batch))
 	keys := make([][]byte, 0, len(batch))
 	for _, e := range batch {
-		csr, key, err := newCSR(e)
+		csr, key, err := entryCSR(e)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -127,22 +128,27 @@ func concatDER(chain [][]byte) []byte {
 	return out
 }
 
-// newCSR makes a P-256 key on this node and a CSR for the entry's ID and DNS
-// names; it returns the CSR and the PKCS#8 key.
-func newCSR(e *entry) ([]byte, []byte, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, fmt.Errorf("agent: key: %w", err)
-	}
+// entryCSR is newCSR for the entry's ID and DNS names.
+func entryCSR(e *entry) ([]byte, []byte, error) {
 	u, err := url.Parse(e.SPIFFEID.String())
 	if err != nil {
 		return nil, nil, fmt.Errorf("agent: %w", err)
 	}
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}, DNSNames: e.DNSNames}, key)
+	return newCSR(&x509.CertificateRequest{URIs: []*url.URL{u}, DNSNames: e.DNSNames})
+}
+
+// newCSR makes a P-256 key on this node (keys never leave it) and a CSR of
+// tmpl for it; it returns the CSR and the key as PKCS#8.
+func newCSR(tmpl *x509.CertificateRequest) (csr, pkcs8 []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, fmt.Errorf("agent: key: %w", err)
+	}
+	csr, err = x509.CreateCertificateRequest(rand.Reader, tmpl, key)
 	if err != nil {
 		return nil, nil, fmt.Errorf("agent: CSR: %w", err)
 	}
-	pkcs8, err := x509.MarshalPKCS8PrivateKey(key)
+	pkcs8, err = x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
 		return nil, nil, fmt.Errorf("agent: key: %w", err)
 	}

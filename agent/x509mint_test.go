@@ -17,7 +17,7 @@ import (
 // signed has m sign a fresh CSR of e: the chain and the key.
 func signed(t *testing.T, m *testMinter, e *entry) ([][]byte, []byte) {
 	t.Helper()
-	csr, key, err := newCSR(e)
+	csr, key, err := entryCSR(e)
 	require.NoError(t, err)
 	res, err := m.NewX509SVIDs(context.Background(), []*tallyv1.X509SVIDRequest{{EntryId: e.ID, Csr: csr}})
 	require.NoError(t, err)

@@ -24,16 +24,6 @@ import (
 )
 
 // Log attribute keys.
-const (
-	logKeyKind     = "kind"
-	logKeyID       = "id"
-	logKeyNotAfter = "not_after"
-	logKeySequence = "sequence"
-	logKeyPath     = "path"
-	logKeySubject  = "subject"
-	logKeyError    = "error"
-	logKeyRetryIn  = "retry_in"
-)
 
 // Authority is the trust domain's certificate authority. Signing methods,
 // Bundle, SubscribeBundle and Slots are safe for concurrent use and do not
@@ -43,7 +33,6 @@ type Authority struct {
 	td      spiffeid.TrustDomain
 	clock   clock.Clock
 	log     *slog.Logger
-	metrics Metrics
 	kms     *softkms.SoftKMS
 	creator *softcas.SoftCAS // makes CA certificates and keys
 
@@ -82,7 +71,6 @@ func New(ctx context.Context, cfg Config) (*Authority, error) {
 		td:      cfg.TrustDomain,
 		clock:   cfg.Clock,
 		log:     cfg.Logger,
-		metrics: cfg.Metrics,
 		kms:     kms,
 		creator: creator,
 	}

@@ -73,8 +73,16 @@ type Config struct {
 	Clock clock.Clock
 	// Logger receives one line per rotation step. Default: discard.
 	Logger *slog.Logger
-	// Metrics receives signing and rotation events. Optional.
-	Metrics Metrics
+}
+
+// DefaultSVIDTTL is the lifetime of an SVID of kind when none is
+// configured: DefaultX509SVIDTTL or DefaultJWTSVIDTTL, but at most a sixth of
+// caTTL, so that no SVID outlives the key that signed it.
+func DefaultSVIDTTL(kind Kind, caTTL time.Duration) time.Duration {
+	if kind == KindJWT {
+		return min(DefaultJWTSVIDTTL, caTTL/6)
+	}
+	return min(DefaultX509SVIDTTL, caTTL/6)
 }
 
 // withDefaults returns c with every zero field set to its default.
@@ -83,10 +91,10 @@ func (c Config) withDefaults() Config {
 		c.CATTL = DefaultCATTL
 	}
 	if c.X509SVIDTTL == 0 {
-		c.X509SVIDTTL = min(DefaultX509SVIDTTL, c.CATTL/6)
+		c.X509SVIDTTL = DefaultSVIDTTL(KindX509, c.CATTL)
 	}
 	if c.JWTSVIDTTL == 0 {
-		c.JWTSVIDTTL = min(DefaultJWTSVIDTTL, c.CATTL/6)
+		c.JWTSVIDTTL = DefaultSVIDTTL(KindJWT, c.CATTL)
 	}
 	if c.RefreshHint == 0 {
 		c.RefreshHint = min(c.CATTL/10, maxDefaultRefreshHint)
@@ -96,9 +104,6 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
-	}
-	if c.Metrics == nil {
-		c.Metrics = nopMetrics{}
 	}
 	return c
 }

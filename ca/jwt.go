@@ -65,7 +65,6 @@ func newJWTSigner(s *slot) (*jwtSigner, error) {
 // token and its expiry. Errors wrap ErrInvalidParams for bad params and
 // ErrNotReady without a usable key. Safe for concurrent use.
 func (a *Authority) SignJWTSVID(ctx context.Context, p JWTSVIDParams) (token string, expiresAt time.Time, err error) {
-	defer func() { a.metrics.SVIDSigned(KindJWT, err) }()
 	ttl, err := a.svidTTL(p.TTL, a.cfg.JWTSVIDTTL)
 	if err != nil {
 		return "", time.Time{}, err

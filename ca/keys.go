@@ -11,6 +11,8 @@ import (
 
 	kmsapi "go.step.sm/crypto/kms/apiv1"
 	"go.step.sm/crypto/pemutil"
+
+	"github.com/tallyid/tally/internal/logkey"
 )
 
 // keyFileMode and keyDirMode are the permissions of key files and KeyDir.
@@ -33,7 +35,7 @@ func (a *Authority) prepareKeyDir() error {
 		return fmt.Errorf("ca: key dir %s is not a directory", a.cfg.KeyDir)
 	}
 	if fi.Mode().Perm()&0o077 != 0 {
-		a.log.Warn("ca key dir is accessible to group or others", logKeyPath, a.cfg.KeyDir,
+		a.log.Warn("ca key dir is accessible to group or others", logkey.Path, a.cfg.KeyDir,
 			"mode", fmt.Sprintf("%04o", fi.Mode().Perm()))
 	}
 	return nil
@@ -97,7 +99,7 @@ func syncDir(dir string) error {
 func (a *Authority) loadKey(s *slot) (crypto.Signer, error) {
 	path := filepath.Join(a.cfg.KeyDir, s.keyFile)
 	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
-		a.log.Warn("ca key file is accessible to group or others", logKeyPath, path,
+		a.log.Warn("ca key file is accessible to group or others", logkey.Path, path,
 			"mode", fmt.Sprintf("%04o", fi.Mode().Perm()))
 	}
 	signer, err := a.kms.CreateSigner(&kmsapi.CreateSignerRequest{SigningKey: path})
@@ -118,7 +120,7 @@ func (a *Authority) removeKeys(names []string) {
 			continue
 		}
 		if err := os.Remove(filepath.Join(a.cfg.KeyDir, n)); err != nil && !os.IsNotExist(err) {
-			a.log.Warn("ca could not remove key file", logKeyPath, n, logKeyError, err)
+			a.log.Warn("ca could not remove key file", logkey.Path, n, logkey.Error, err)
 		}
 	}
 }
@@ -143,7 +145,7 @@ func (a *Authority) removeOrphanKeys(st *state) error {
 		ours := strings.HasPrefix(n, ".tmp-") ||
 			strings.HasSuffix(n, ".pem") && (strings.HasPrefix(n, string(KindX509)+"-") || strings.HasPrefix(n, string(KindJWT)+"-"))
 		if ours && !used[n] && e.Type().IsRegular() {
-			a.log.Info("ca removing unreferenced key file", logKeyPath, n)
+			a.log.Info("ca removing unreferenced key file", logkey.Path, n)
 			orphans = append(orphans, n)
 		}
 	}

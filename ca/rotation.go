@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/tallyid/tally/internal/backoff"
+	"github.com/tallyid/tally/internal/logkey"
 )
 
 const (
@@ -34,7 +35,7 @@ func (a *Authority) Run(ctx context.Context) error {
 		if err != nil {
 			wait = retry.Next()
 			if ctx.Err() == nil {
-				a.log.Error("ca rotation step failed", logKeyError, err, logKeyRetryIn, wait)
+				a.log.Error("ca rotation step failed", logkey.Error, err, logkey.RetryIn, wait)
 			}
 		} else {
 			retry.Reset()
@@ -215,13 +216,12 @@ func (a *Authority) persist(ctx context.Context, next *state, ch changes) error 
 	a.install(next, b, sg)
 	a.removeKeys(ch.obsolete)
 	for _, e := range ch.events {
-		a.log.Log(ctx, e.level, e.msg, logKeyKind, e.info.Kind, logKeyID, e.info.ID, logKeyNotAfter, e.info.NotAfter)
-		a.metrics.SlotChanged(e.info)
+		a.log.Log(ctx, e.level, e.msg, logkey.Kind, e.info.Kind, logkey.ID, e.info.ID, logkey.NotAfter, e.info.NotAfter)
 	}
 	if bundleChanged {
 		a.bundleDirty = true
 		a.subs.publish(b)
-		a.log.Info("ca bundle updated", logKeySequence, next.seq)
+		a.log.Info("ca bundle updated", logkey.Sequence, next.seq)
 	}
 	if a.bundleDirty {
 		return a.saveBundle(ctx, b)

@@ -8,6 +8,8 @@ import (
 
 	kmsapi "go.step.sm/crypto/kms/apiv1"
 	"go.step.sm/crypto/pemutil"
+
+	"github.com/tallyid/tally/internal/logkey"
 )
 
 // upstreamCA is the CA that signs the authority's intermediates.
@@ -64,7 +66,7 @@ func (a *Authority) loadUpstream(now time.Time) (*upstreamCA, error) {
 	}
 	if notAfter.Before(now.Add(a.cfg.CATTL)) {
 		a.log.Warn("ca upstream chain expires within CATTL; x509 keys end with it",
-			logKeyPath, file, logKeySubject, firstToExpire(certs).Subject.String(), logKeyNotAfter, notAfter)
+			logkey.Path, file, logkey.Subject, firstToExpire(certs).Subject.String(), logkey.NotAfter, notAfter)
 	}
 	return up, nil
 }

@@ -81,7 +81,6 @@ func newX509Signer(ctx context.Context, s *slot) (*x509Signer, error) {
 // serial, and NotBefore backdated by 10s. Errors wrap ErrInvalidParams for
 // bad params and ErrNotReady without a usable key. Safe for concurrent use.
 func (a *Authority) SignX509SVID(ctx context.Context, p X509SVIDParams) (chain []*x509.Certificate, err error) {
-	defer func() { a.metrics.SVIDSigned(KindX509, err) }()
 	ttl, err := a.svidTTL(p.TTL, a.cfg.X509SVIDTTL)
 	if err != nil {
 		return nil, err

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/tallyid/tally/attest"
+	"github.com/tallyid/tally/internal/logkey"
 	"github.com/tallyid/tally/internal/peercred"
 )
 
@@ -42,11 +43,11 @@ func (s *Server) attest(ctx context.Context, log *slog.Logger) (caller, *slog.Lo
 	if err != nil {
 		return caller{}, log, fmt.Errorf("workloadapi: %w", err)
 	}
-	log = log.With(logKeyPID, info.PID, logKeyUID, info.UID)
+	log = log.With(logkey.PID, info.PID, logkey.UID, info.UID)
 	if info.Pin == nil {
 		return caller{}, log, fmt.Errorf("%w: no pin", peercred.ErrNotPinned)
 	}
-	log = log.With(logKeyPin, info.Pin.Method())
+	log = log.With(logkey.Pin, info.Pin.Method())
 	// Refuse early a caller that is already gone.
 	if err := info.Pin.Alive(); err != nil {
 		s.cfg.Metrics.attested(attestProcessGone)
@@ -71,6 +72,6 @@ func (s *Server) attest(ctx context.Context, log *slog.Logger) (caller, *slog.Lo
 		return caller{}, log, fmt.Errorf("%w: no selectors for pid %d", attest.ErrDenied, info.PID)
 	}
 	s.cfg.Metrics.attested(attestOK)
-	log.Debug("workload attested", logKeySels, sels)
+	log.Debug("workload attested", logkey.Selectors, sels)
 	return caller{pin: info.Pin, selectors: sels}, log, nil
 }

@@ -10,6 +10,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/tallyid/tally/internal/logkey"
 )
 
 // FetchJWTSVID returns a JWT-SVID for the requested audience for each of the
@@ -19,7 +21,7 @@ import (
 // ResourceExhausted.
 // Of SVIDs with the same non-empty hint only the first is returned.
 func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest) (*workload.JWTSVIDResponse, error) {
-	log := s.log.With(logKeyMethod, "FetchJWTSVID")
+	log := s.log.With(logkey.Method, "FetchJWTSVID")
 	if err := checkHeader(ctx); err != nil {
 		return nil, toStatus(log, err)
 	}
@@ -54,7 +56,7 @@ func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest)
 		}
 		if svid.Hint != "" {
 			if _, dup := hints[svid.Hint]; dup {
-				log.Debug("dropping a JWT-SVID whose hint is already used", logKeySPIFFEID, svid.ID.String(), logKeyHint, svid.Hint)
+				log.Debug("dropping a JWT-SVID whose hint is already used", logkey.SPIFFEID, svid.ID.String(), logkey.Hint, svid.Hint)
 				continue
 			}
 			hints[svid.Hint] = struct{}{}
@@ -90,7 +92,7 @@ func (s *Server) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream grpc.Serv
 // svid, and an invalid token, are InvalidArgument (with the reason); a
 // missing bundle is Unavailable. It returns the token's SPIFFE ID and claims.
 func (s *Server) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWTSVIDRequest) (*workload.ValidateJWTSVIDResponse, error) {
-	log := s.log.With(logKeyMethod, "ValidateJWTSVID")
+	log := s.log.With(logkey.Method, "ValidateJWTSVID")
 	if err := checkHeader(ctx); err != nil {
 		return nil, toStatus(log, err)
 	}

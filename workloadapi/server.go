@@ -20,23 +20,12 @@ import (
 	"google.golang.org/grpc"
 	"k8s.io/utils/clock"
 
+	"github.com/tallyid/tally/internal/logkey"
 	"github.com/tallyid/tally/internal/peercred"
 	"github.com/tallyid/tally/internal/unixsock"
 )
 
 // Log keys.
-const (
-	logKeyMethod   = "method"
-	logKeyPID      = "pid"
-	logKeyUID      = "uid"
-	logKeyPin      = "pin"
-	logKeyCode     = "code"
-	logKeyError    = "error"
-	logKeySPIFFEID = "spiffe_id"
-	logKeyHint     = "hint"
-	logKeySockPath = "socket"
-	logKeySels     = "selectors"
-)
 
 const (
 	// maxSendMsgSize bounds one response: a workload with 1,000+ identities
@@ -52,8 +41,6 @@ const (
 
 // Config configures a Server.
 type Config struct {
-	// SocketPath is where Run listens (Serve takes its own). Required by Run.
-	SocketPath string
 	// Source provides identities and bundles. Required.
 	Source Source
 	// Attestor turns a caller's PID into selectors. Required.
@@ -95,14 +82,6 @@ func New(cfg Config) (*Server, error) {
 	return &Server{cfg: cfg, log: cfg.Logger, stopping: make(chan struct{})}, nil
 }
 
-// Run serves on Config.SocketPath until ctx is done; see Serve.
-func (s *Server) Run(ctx context.Context) error {
-	if s.cfg.SocketPath == "" {
-		return errors.New("workloadapi: config: socket path is required")
-	}
-	return s.Serve(ctx, s.cfg.SocketPath)
-}
-
 // Serve listens on a Unix socket at socketPath and serves the Workload API
 // until ctx is done, then stops gracefully: open streams end with
 // Unavailable, calls in flight get shutdownGrace to finish, and the socket
@@ -128,7 +107,7 @@ func (s *Server) Serve(ctx context.Context, socketPath string) error {
 	)
 	workload.RegisterSpiffeWorkloadAPIServer(gs, s)
 
-	s.log.Info("workload api serving", logKeySockPath, socketPath)
+	s.log.Info("workload api serving", logkey.Socket, socketPath)
 	served := make(chan error, 1)
 	go func() { served <- gs.Serve(lis) }()
 	select {
@@ -170,7 +149,7 @@ func (s *Server) FetchWITBundles(_ *workload.WITBundlesRequest, stream grpc.Serv
 }
 
 func (s *Server) unimplemented(ctx context.Context, method string) error {
-	log := s.log.With(logKeyMethod, method)
+	log := s.log.With(logkey.Method, method)
 	if err := checkHeader(ctx); err != nil {
 		return toStatus(log, err)
 	}

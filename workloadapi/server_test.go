@@ -219,10 +219,10 @@ func TestNewRequiresSourceAndAttestor(t *testing.T) {
 	require.Error(t, err)
 	srv, err := workloadapi.New(workloadapi.Config{Source: src, Attestor: unix.New(unix.Config{})})
 	require.NoError(t, err)
-	require.Error(t, srv.Run(context.Background()), "Run needs a socket path")
+	require.Error(t, srv.Serve(context.Background(), ""), "Serve needs a socket path")
 }
 
-func TestRun(t *testing.T) {
+func TestServe(t *testing.T) {
 	ca := newTestCA(t)
 	src := newTestSource(ca, appEntries(t, ca)...)
 	base, err := os.MkdirTemp("", "wlapi")
@@ -230,12 +230,12 @@ func TestRun(t *testing.T) {
 	t.Cleanup(func() { os.RemoveAll(base) })
 	socket := filepath.Join(base, "run", "agent.sock") // the directory does not exist yet
 
-	srv, err := workloadapi.New(workloadapi.Config{SocketPath: socket, Source: src, Attestor: unix.New(unix.Config{})})
+	srv, err := workloadapi.New(workloadapi.Config{Source: src, Attestor: unix.New(unix.Config{})})
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
+	go func() { done <- srv.Serve(ctx, socket) }()
 
 	stream := openX509Stream(t, "unix://"+socket)
 	_, err = stream.Recv()
@@ -250,11 +250,11 @@ func TestRun(t *testing.T) {
 	assert.Equal(t, os.FileMode(0o777), fi.Mode().Perm(), "any uid may connect")
 
 	// A second server on the same path is refused.
-	other, err := workloadapi.New(workloadapi.Config{SocketPath: socket, Source: src, Attestor: unix.New(unix.Config{})})
+	other, err := workloadapi.New(workloadapi.Config{Source: src, Attestor: unix.New(unix.Config{})})
 	require.NoError(t, err)
-	require.ErrorContains(t, other.Run(ctx), "in use")
+	require.ErrorContains(t, other.Serve(ctx, socket), "in use")
 
-	// Stopping ends the open stream with Unavailable and Run with nil.
+	// Stopping ends the open stream with Unavailable and Serve with nil.
 	cancel()
 	_, err = stream.Recv()
 	requireCode(t, err, codes.Unavailable, "shutting down")
@@ -263,7 +263,7 @@ func TestRun(t *testing.T) {
 	require.ErrorIs(t, err, os.ErrNotExist, "the socket is removed on stop")
 
 	// A Server serves once.
-	require.ErrorContains(t, srv.Run(context.Background()), "already started")
+	require.ErrorContains(t, srv.Serve(context.Background(), socket), "already started")
 }
 
 // openX509Stream opens a FetchX509SVID stream on addr, waiting for the server.

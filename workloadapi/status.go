@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/tallyid/tally/attest"
+	"github.com/tallyid/tally/internal/logkey"
 	"github.com/tallyid/tally/internal/peercred"
 )
 
@@ -63,9 +64,9 @@ func toStatus(log *slog.Logger, err error) error {
 		if msg == "" {
 			msg = err.Error()
 		}
-		log.Log(context.Background(), s.level, "workload api call refused", logKeyCode, s.code.String(), logKeyError, err)
+		log.Log(context.Background(), s.level, "workload api call refused", logkey.Code, s.code.String(), logkey.Error, err)
 		return status.Error(s.code, msg)
 	}
-	log.Error("workload api call failed", logKeyError, err)
+	log.Error("workload api call failed", logkey.Error, err)
 	return status.Error(codes.Internal, "internal error")
 }

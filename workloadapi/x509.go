@@ -8,6 +8,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"google.golang.org/grpc"
+
+	"github.com/tallyid/tally/internal/logkey"
 )
 
 // FetchX509SVID streams the caller's X509-SVIDs: a first message as soon as
@@ -18,7 +20,7 @@ import (
 // when the server stops, and when the caller cancels.
 func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerStreamingServer[workload.X509SVIDResponse]) error {
 	ctx := stream.Context()
-	log := s.log.With(logKeyMethod, "FetchX509SVID")
+	log := s.log.With(logkey.Method, "FetchX509SVID")
 	if err := checkHeader(ctx); err != nil {
 		return toStatus(log, err)
 	}
@@ -78,7 +80,7 @@ func x509SVIDResponse(log *slog.Logger, u X509Update) (*workload.X509SVIDRespons
 	for _, svid := range u.SVIDs {
 		if svid.Hint != "" {
 			if _, dup := hints[svid.Hint]; dup {
-				log.Debug("dropping an SVID whose hint is already used", logKeySPIFFEID, svid.ID.String(), logKeyHint, svid.Hint)
+				log.Debug("dropping an SVID whose hint is already used", logkey.SPIFFEID, svid.ID.String(), logkey.Hint, svid.Hint)
 				continue
 			}
 			hints[svid.Hint] = struct{}{}
@@ -109,7 +111,7 @@ func (s *Server) FetchX509Bundles(_ *workload.X509BundlesRequest, stream grpc.Se
 // caller, then sends render(bundle) for every bundle of the Source.
 func streamBundles[T any](s *Server, stream grpc.ServerStreamingServer[T], method string, render func(*spiffebundle.Bundle) (*T, error)) error {
 	ctx := stream.Context()
-	log := s.log.With(logKeyMethod, method)
+	log := s.log.With(logkey.Method, method)
 	if err := checkHeader(ctx); err != nil {
 		return toStatus(log, err)
 	}

@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/tallyid/tally/internal/kube"
+	"github.com/tallyid/tally/internal/logkey"
 )
 
 // PodListWatch lists and watches the pods bound to node (field selector
@@ -78,7 +79,7 @@ func (s *apiserverSource) run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		if cache.WaitForCacheSync(ctx.Done(), s.informer.HasSynced) {
-			s.log.Info("pod watch synced", logKeyNode, s.node, logKeyPods, len(s.informer.GetStore().ListKeys()))
+			s.log.Info("pod watch synced", logkey.Node, s.node, logkey.Pods, len(s.informer.GetStore().ListKeys()))
 		}
 	})
 	s.informer.RunWithContext(ctx)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/tallyid/tally/attest"
 	"github.com/tallyid/tally/internal/backoff"
+	"github.com/tallyid/tally/internal/logkey"
 )
 
 // Type is the selector type this attestor produces: "k8s:ns:default" is
@@ -48,15 +49,6 @@ const (
 	// firstBackoff to maxBackoff.
 	firstBackoff = 50 * time.Millisecond
 	maxBackoff   = 400 * time.Millisecond
-)
-
-const (
-	logKeyPodUID    = "pod_uid"
-	logKeyContainer = "container_id"
-	logKeyError     = "error"
-	logKeyURL       = "url"
-	logKeyPods      = "pods"
-	logKeyNode      = "node"
 )
 
 // Config configures an Attestor.
@@ -268,7 +260,7 @@ func (a *Attestor) findPod(ctx context.Context, ids cgroupIDs) (*corev1.Pod, err
 				return nil, fmt.Errorf("k8s: no pod with container %s (pod uid %s is not listed)", ids.ContainerID, ids.PodUID)
 			}
 		}
-		a.log.Debug("container not listed yet, looking again", logKeyPodUID, ids.PodUID, logKeyContainer, ids.ContainerID, logKeyError, err)
+		a.log.Debug("container not listed yet, looking again", logkey.PodUID, ids.PodUID, logkey.ContainerID, ids.ContainerID, logkey.Error, err)
 		t := a.clock.NewTimer(min(waits.Next(), left))
 		select {
 		case <-ctx.Done():

@@ -18,6 +18,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/utils/clock"
+
+	"github.com/tallyid/tally/internal/logkey"
 )
 
 // maxPodListBytes bounds a kubelet's answer: 110 pods with large statuses
@@ -203,7 +205,7 @@ func (k *kubeletSource) fetch(ctx context.Context, gen uint64, start time.Time) 
 	if err := dec.Decode(&list); err != nil {
 		return nil, fmt.Errorf("k8s: kubelet %s: pod list: %w", k.url, err)
 	}
-	k.log.Debug("kubelet pod list", logKeyURL, k.url, logKeyPods, len(list.Items))
+	k.log.Debug("kubelet pod list", logkey.URL, k.url, logkey.Pods, len(list.Items))
 	return newPodIndex(list.Items, gen, start), nil
 }
 

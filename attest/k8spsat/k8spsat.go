@@ -65,7 +65,7 @@ type Config struct {
 	// real clock.
 	Clock clock.PassiveClock
 	// Logger receives one line per refusal with the reason and the names and
-	// UIDs the caller is not told. Default slog.Default().
+	// UIDs the caller is not told. Default: discard.
 	Logger *slog.Logger
 }
 
@@ -123,7 +123,7 @@ func New(cfg Config) (*Attestor, error) {
 		cfg.Clock = clock.RealClock{}
 	}
 	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
+		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	keys := slices.Clone(cfg.NodeLabelKeys)
 	slices.Sort(keys)
@@ -199,13 +199,24 @@ func (a *Attestor) logRefusal(ctx context.Context, d *denial) {
 	a.log.LogAttrs(ctx, level, "k8s_psat attestation refused", attrs...)
 }
 
-func (a *Attestor) attest(ctx context.Context, data []byte) (attest.NodeResult, *denial, error) {
+// reviewed is what the apiserver confirmed of a token: its service account
+// and the pod (and node) it is bound to, with the attributes to log.
+type reviewed struct {
+	ns, sa, podName, podUID string
+	tokenNode, tokenNodeUID string
+	attrs                   []slog.Attr
+}
+
+// review refuses junk before any apiserver call (prefilter), then has the
+// apiserver review the token and checks what it confirmed: the audience,
+// an allow-listed service account, the bound pod.
+func (a *Attestor) review(ctx context.Context, data []byte) (reviewed, *denial, error) {
 	if len(data) == 0 {
-		return attest.NodeResult{}, deny(reasonMalformed, "empty token"), nil
+		return reviewed{}, deny(reasonMalformed, "empty token"), nil
 	}
 	claimed, r := prefilter(data, a.audience, a.accounts, a.clock.Now())
 	if r != nil {
-		return attest.NodeResult{}, deny(r.reason, r.detail), nil
+		return reviewed{}, deny(r.reason, r.detail), nil
 	}
 	token := string(data)
 	// What the token says of itself, logged apart from what was verified.
@@ -216,50 +227,60 @@ func (a *Attestor) attest(ctx context.Context, data []byte) (attest.NodeResult, 
 
 	status, err := a.api.ReviewToken(ctx, token, []string{a.audience})
 	if err != nil {
-		return attest.NodeResult{}, nil, fmt.Errorf("k8spsat: review token: %w", redactedError{err, token})
+		return reviewed{}, nil, fmt.Errorf("k8spsat: review token: %w", redactedError{err, token})
 	}
 	if !status.Authenticated {
 		detail := "the apiserver did not authenticate the token"
 		if status.Error != "" {
 			detail += ": " + short(redact(status.Error, token))
 		}
-		return attest.NodeResult{}, deny(reasonNotAuthenticated, detail, claimedAttrs...), nil
+		return reviewed{}, deny(reasonNotAuthenticated, detail, claimedAttrs...), nil
 	}
 	// An authenticator that ignores audiences answers with its own; only an
 	// explicit confirmation of ours counts.
 	if !slices.Contains(status.Audiences, a.audience) {
-		return attest.NodeResult{}, deny(reasonAudience, fmt.Sprintf("token not valid for audience %q (reviewed audiences %q)", a.audience, status.Audiences), claimedAttrs...), nil
+		return reviewed{}, deny(reasonAudience, fmt.Sprintf("token not valid for audience %q (reviewed audiences %q)", a.audience, status.Audiences), claimedAttrs...), nil
 	}
 
 	user := status.User
 	rest, ok := strings.CutPrefix(user.Username, serviceAccountPrefix)
 	ns, sa, _ := strings.Cut(rest, ":")
 	if !ok || ns == "" || sa == "" || strings.Contains(sa, ":") {
-		return attest.NodeResult{}, deny(reasonNotServiceAccount, fmt.Sprintf("user %q is not a service account", user.Username)), nil
+		return reviewed{}, deny(reasonNotServiceAccount, fmt.Sprintf("user %q is not a service account", user.Username)), nil
 	}
 	if !a.accounts[ns+":"+sa] {
-		return attest.NodeResult{}, deny(reasonServiceAccount, fmt.Sprintf("service account %s:%s is not allowed", ns, sa)), nil
+		return reviewed{}, deny(reasonServiceAccount, fmt.Sprintf("service account %s:%s is not allowed", ns, sa)), nil
 	}
 	attrs := []slog.Attr{slog.String(logNamespace, ns), slog.String(logServiceAccount, sa)}
 
 	podName, d := extra(user, extraPodName, true)
 	if d != nil {
-		return attest.NodeResult{}, d, nil
+		return reviewed{}, d, nil
 	}
 	podUID, d := extra(user, extraPodUID, true)
 	if d != nil {
-		return attest.NodeResult{}, d, nil
+		return reviewed{}, d, nil
 	}
 	tokenNode, d := extra(user, extraNodeName, false)
 	if d != nil {
-		return attest.NodeResult{}, d, nil
+		return reviewed{}, d, nil
 	}
 	tokenNodeUID, d := extra(user, extraNodeUID, false)
 	if d != nil {
-		return attest.NodeResult{}, d, nil
+		return reviewed{}, d, nil
 	}
 	attrs = append(attrs, slog.String(logPod, podName), slog.String(logPodUID, podUID))
+	return reviewed{ns: ns, sa: sa, podName: podName, podUID: podUID, tokenNode: tokenNode, tokenNodeUID: tokenNodeUID, attrs: attrs}, nil, nil
+}
 
+// attest reviews the token, then checks the pod and the node it names as
+// they are now, and derives the agent's ID and node selectors.
+func (a *Attestor) attest(ctx context.Context, data []byte) (attest.NodeResult, *denial, error) {
+	r, d, err := a.review(ctx, data)
+	if d != nil || err != nil {
+		return attest.NodeResult{}, d, err
+	}
+	ns, sa, podName, podUID, attrs := r.ns, r.sa, r.podName, r.podUID, r.attrs
 	pod, err := a.api.GetPod(ctx, ns, podName)
 	switch {
 	case errors.Is(err, ErrNotFound):
@@ -269,14 +290,14 @@ func (a *Attestor) attest(ctx context.Context, data []byte) (attest.NodeResult, 
 	case pod == nil:
 		return attest.NodeResult{}, nil, fmt.Errorf("k8spsat: get pod %s/%s: no pod and no error", ns, podName)
 	}
-	if d := checkPod(pod, podUID, sa, tokenNode); d != nil {
+	if d := checkPod(pod, podUID, sa, r.tokenNode); d != nil {
 		d.attrs = append(attrs, d.attrs...)
 		return attest.NodeResult{}, d, nil
 	}
 	nodeName := pod.Spec.NodeName
-	attrs = append(attrs, slog.String(logNode, nodeName), slog.String(logTokenNodeUID, tokenNodeUID))
+	attrs = append(attrs, slog.String(logNode, nodeName), slog.String(logTokenNodeUID, r.tokenNodeUID))
 
-	node, d, err := a.node(ctx, nodeName, tokenNodeUID)
+	node, d, err := a.node(ctx, nodeName, r.tokenNodeUID)
 	if d != nil {
 		d.attrs = append(attrs, d.attrs...)
 		return attest.NodeResult{}, d, nil

@@ -20,11 +20,6 @@ import (
 	"github.com/tallyid/tally/attest"
 )
 
-const (
-	logKeyPID   = "pid"
-	logKeyError = "error"
-)
-
 // Type is the selector type this attestor produces: "unix:uid:1000" is
 // Selector{Type: "unix", Value: "uid:1000"}.
 const Type = "unix"

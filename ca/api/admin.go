@@ -75,7 +75,7 @@ func NewAdmin(cfg AdminConfig) *Admin {
 		cfg.Clock = clock.RealClock{}
 	}
 	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
+		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics(nil)

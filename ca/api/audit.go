@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 
+	"github.com/tallyid/tally/internal/logkey"
 	"github.com/tallyid/tally/internal/text"
 )
 
@@ -16,7 +17,7 @@ func auditLogger(l *slog.Logger) *slog.Logger { return l.With("log", "audit") }
 func audit(ctx context.Context, l *slog.Logger, caller, action, target string, err error) {
 	if err != nil {
 		l.LogAttrs(ctx, slog.LevelInfo, "audit", slog.String("caller", text.Printable(caller)), slog.String("action", action),
-			slog.String("target", text.Printable(target)), slog.String("result", "error"), slog.String("error", text.Printable(err.Error())))
+			slog.String("target", text.Printable(target)), slog.String("result", "error"), slog.String(logkey.Error, text.Printable(err.Error())))
 		return
 	}
 	l.LogAttrs(ctx, slog.LevelInfo, "audit", slog.String("caller", text.Printable(caller)), slog.String("action", action),

@@ -64,7 +64,7 @@ func (v *peerVerifier) verify(ctx context.Context, bundle *spiffebundle.Bundle, 
 
 	id, chains, err := x509svid.Verify(certs, bundle, x509svid.WithTime(now))
 	if err != nil {
-		return spiffeid.ID{}, nil, fmt.Errorf("%w: client certificate: %v", errUnauthenticated, err)
+		return spiffeid.ID{}, nil, fmt.Errorf("%w: client certificate: %w", errUnauthenticated, err)
 	}
 	if !id.MemberOf(v.td) {
 		return spiffeid.ID{}, nil, fmt.Errorf("%w: %s is not in trust domain %s", errUnauthenticated, id, v.td.Name())

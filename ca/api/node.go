@@ -101,7 +101,7 @@ func NewNode(cfg NodeConfig) *Node {
 		cfg.Clock = clock.RealClock{}
 	}
 	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
+		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics(nil)

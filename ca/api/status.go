@@ -12,6 +12,7 @@ import (
 	"github.com/tallyid/tally/ca"
 	"github.com/tallyid/tally/ca/registry"
 	"github.com/tallyid/tally/ca/store"
+	"github.com/tallyid/tally/internal/logkey"
 )
 
 // errPermission marks refusals decided by this package (unknown or banned
@@ -49,10 +50,10 @@ func toStatus(log *slog.Logger, method string, err error) error {
 		code = codes.ResourceExhausted
 	}
 	if code == codes.Internal {
-		log.Error("request failed", "method", method, "error", err)
+		log.Error("request failed", logkey.Method, method, logkey.Error, err)
 		return status.Error(code, "internal error")
 	}
-	log.Debug("request refused", "method", method, "code", code.String(), "error", err)
+	log.Debug("request refused", logkey.Method, method, logkey.Code, code.String(), logkey.Error, err)
 	return status.Error(code, err.Error())
 }
 

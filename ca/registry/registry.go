@@ -18,19 +18,12 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/tallyid/tally/ca/store"
+	"github.com/tallyid/tally/internal/logkey"
 	"github.com/tallyid/tally/internal/reserved"
 	"github.com/tallyid/tally/internal/text"
 )
 
 // Log keys.
-const (
-	logKeyEntryID  = "entry_id"
-	logKeySPIFFEID = "spiffe_id"
-	logKeyField    = "field"
-	logKeyText     = "text"
-	logKeyError    = "error"
-	logKeyRevision = "revision"
-)
 
 // Store is what the registry needs of the server's store.
 type Store interface {
@@ -50,9 +43,6 @@ type Config struct {
 	Limits      Limits
 	Clock       clock.WithTicker
 	Logger      *slog.Logger
-	// PollInterval is how often Run looks for changes written by other
-	// server replicas. Default 1s.
-	PollInterval time.Duration
 	// EventWindow is how many recent events are kept in memory to send
 	// agents deltas instead of snapshots; an agent further behind gets a
 	// snapshot of its entries. Default 10,000 (each event holds an entry,
@@ -86,10 +76,7 @@ func New(cfg Config) *Registry {
 		cfg.Clock = clock.RealClock{}
 	}
 	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
-	if cfg.PollInterval == 0 {
-		cfg.PollInterval = time.Second
+		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.EventWindow == 0 {
 		cfg.EventWindow = 10_000
@@ -143,22 +130,6 @@ func (r *Registry) loadLocked(ctx context.Context) error {
 	return nil
 }
 
-// Run follows the store's event log until ctx is done.
-func (r *Registry) Run(ctx context.Context) error {
-	t := r.cfg.Clock.NewTicker(r.cfg.PollInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C():
-			if err := r.CatchUp(ctx); err != nil && ctx.Err() == nil {
-				r.cfg.Logger.Warn("registry: following the event log", logKeyError, err)
-			}
-		}
-	}
-}
-
 // CatchUp applies the events written since the last call.
 func (r *Registry) CatchUp(ctx context.Context) error {
 	r.catchMu.Lock()
@@ -174,7 +145,7 @@ func (r *Registry) catchUpLocked(ctx context.Context) error {
 		r.mu.RUnlock()
 		evs, err := r.cfg.Store.Events(ctx, after, 10_000)
 		if errors.Is(err, store.ErrCompacted) {
-			r.cfg.Logger.Warn("registry: event log compacted past our revision, reloading", logKeyRevision, after)
+			r.cfg.Logger.Warn("registry: event log compacted past our revision, reloading", logkey.Revision, after)
 			return r.loadLocked(ctx)
 		}
 		if err != nil {
@@ -237,10 +208,10 @@ func (r *Registry) servable(e *store.Entry) bool {
 	if err == nil {
 		return true
 	}
-	attrs := []any{logKeyEntryID, text.Printable(e.ID), logKeySPIFFEID, text.Printable(e.SPIFFEID), logKeyError, err}
+	attrs := []any{logkey.EntryID, text.Printable(e.ID), logkey.SPIFFEID, text.Printable(e.SPIFFEID), logkey.Error, err}
 	var te *textError
 	if errors.As(err, &te) {
-		attrs = append(attrs, logKeyField, te.field, logKeyText, strconv.Quote(te.text))
+		attrs = append(attrs, logkey.Field, te.field, logkey.Text, strconv.Quote(te.text))
 	}
 	r.cfg.Logger.Warn("registry: stored entry has refused text, not serving it; fix or delete it", attrs...)
 	return false

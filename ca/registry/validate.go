@@ -96,7 +96,7 @@ func validateID(td spiffeid.TrustDomain, field, s string) (spiffeid.ID, error) {
 	}
 	id, err := spiffeid.FromString(s)
 	if err != nil {
-		return spiffeid.ID{}, fmt.Errorf("%w: %s %q: %v", ErrInvalid, field, s, err)
+		return spiffeid.ID{}, fmt.Errorf("%w: %s %q: %w", ErrInvalid, field, s, err)
 	}
 	if !id.MemberOf(td) {
 		return spiffeid.ID{}, fmt.Errorf("%w: %s %q: not in trust domain %q", ErrInvalid, field, s, td.Name())

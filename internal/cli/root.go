@@ -23,7 +23,7 @@ import (
 const (
 	// socketEnv overrides the default of --socket.
 	socketEnv     = "TALLY_ADMIN_SOCKET"
-	defaultSocket = "/run/tally/admin.sock"
+	defaultSocket = tallyv1.DefaultAdminSocket
 )
 
 // clientFactory returns an Admin client and what to close when the command is

@@ -6,6 +6,8 @@ import (
 	"fmt"
 
 	"github.com/dgraph-io/badger/v4"
+
+	"github.com/tallyid/tally/internal/logkey"
 )
 
 // keyIntent holds a write batch too big for one transaction while it is
@@ -60,7 +62,7 @@ func (s *Store) commit(w *writes) error {
 	defer s.applying.Unlock()
 	if err := s.applyChunked(w); err != nil {
 		s.unfinished = fmt.Errorf("a batch was left half applied; restart to finish it: %w", err)
-		s.log.Error("batch write failed half way; entry writes are refused until a restart finishes it", "error", err)
+		s.log.Error("batch write failed half way; entry writes are refused until a restart finishes it", logkey.Error, err)
 		return s.unfinished
 	}
 	return nil

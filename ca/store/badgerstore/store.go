@@ -18,6 +18,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/tallyid/tally/ca/store"
+	"github.com/tallyid/tally/internal/logkey"
 )
 
 const (
@@ -47,7 +48,7 @@ const (
 type Config struct {
 	// Dir is the database directory, created if missing. Required.
 	Dir string
-	// Logger receives badger's warnings and errors. Default: slog.Default().
+	// Logger receives badger's warnings and errors. Default: discard.
 	Logger *slog.Logger
 	// GCInterval is the period of value-log garbage collection in Run.
 	// Default: 5 minutes.
@@ -117,7 +118,7 @@ func Open(cfg Config) (*Store, error) {
 		return nil, errors.New("badgerstore: open: no directory configured")
 	}
 	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
+		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.GCInterval <= 0 {
 		cfg.GCInterval = defaultGCInterval
@@ -128,7 +129,7 @@ func Open(cfg Config) (*Store, error) {
 	if cfg.MemTableSize <= 0 {
 		cfg.MemTableSize = defaultMemTableSize
 	}
-	log := cfg.Logger.With("component", "badgerstore")
+	log := cfg.Logger.With(logkey.Component, "badgerstore")
 	opts := badgerOptions(cfg.Dir, cfg.MemTableSize, log)
 	db, err := badger.Open(opts)
 	if err != nil && strings.HasSuffix(err.Error(), z.NewFile.Error()) {
@@ -137,7 +138,7 @@ func Open(cfg Config) (*Store, error) {
 		// having sized the file, and opens on the next try
 		// (dgraph-io/badger#2207). Badger formats the sentinel into its
 		// error (%+v), so only the text tells.
-		log.Warn("reopening the database after a crash left an empty file", "error", err)
+		log.Warn("reopening the database after a crash left an empty file", logkey.Error, err)
 		db, err = badger.Open(opts)
 	}
 	if err != nil {
@@ -223,7 +224,7 @@ func (s *Store) collectGarbage(ctx context.Context) {
 			continue
 		}
 		if !errors.Is(err, badger.ErrNoRewrite) && !errors.Is(err, badger.ErrRejected) {
-			s.log.Warn("value log GC failed", "error", err)
+			s.log.Warn("value log GC failed", logkey.Error, err)
 		}
 		break
 	}
@@ -253,7 +254,7 @@ func (s *Store) compact() {
 			continue
 		}
 		if err := s.db.Flatten(1); err != nil {
-			s.log.Warn("compaction failed", "error", err)
+			s.log.Warn("compaction failed", logkey.Error, err)
 		}
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/tallyid/tally/attest/k8spsat"
 	"github.com/tallyid/tally/internal/health"
 	"github.com/tallyid/tally/internal/httpserve"
+	"github.com/tallyid/tally/internal/logkey"
 	"github.com/tallyid/tally/workloadapi"
 )
 
@@ -100,7 +101,7 @@ func (a *Agent) build(ctx context.Context) (_ *components, err error) {
 	c.cache = agent.NewCache(agent.CacheConfig{
 		Minter:       c.session.Minter(),
 		Clock:        cfg.Clock,
-		Logger:       a.log.With("component", "cache"),
+		Logger:       a.log.With(logkey.Component, "cache"),
 		Metrics:      metrics,
 		MaxUnused:    cfg.SVIDCacheSize,
 		JWTCacheSize: cfg.JWTCacheSize,
@@ -118,7 +119,7 @@ func (a *Agent) build(ctx context.Context) (_ *components, err error) {
 	if c.workload, err = workloadapi.New(workloadapi.Config{
 		Source:   c.cache,
 		Attestor: attestors,
-		Logger:   a.log.With("component", "workload-api"),
+		Logger:   a.log.With(logkey.Component, "workload-api"),
 		Metrics:  workloadapi.NewMetrics(c.metrics),
 	}); err != nil {
 		return nil, err
@@ -143,7 +144,7 @@ func (a *Agent) serve(ctx context.Context, c *components) error {
 	g.Go(func() error { return c.workload.Serve(ctx, a.cfg.SocketPath) })
 	g.Go(func() error { return httpserve.Serve(ctx, c.healthSrv, c.healthLis, false) })
 	a.ready.Store(true)
-	a.log.Info("tally agent running", "spiffe_id", c.session.AgentID(), "socket_path", a.cfg.SocketPath, "server_address", a.cfg.ServerAddress)
+	a.log.Info("tally agent running", logkey.SPIFFEID, c.session.AgentID(), logkey.Socket, a.cfg.SocketPath, "server_address", a.cfg.ServerAddress)
 	err := g.Wait()
 	a.ready.Store(false)
 	return err

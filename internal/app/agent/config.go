@@ -13,6 +13,9 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/tallyid/tally/agent"
+	"github.com/tallyid/tally/attest/jointoken"
+	k8sattest "github.com/tallyid/tally/attest/k8s"
+	"github.com/tallyid/tally/attest/k8spsat"
 	"github.com/tallyid/tally/internal/logging"
 )
 
@@ -99,11 +102,11 @@ func (c Config) withDefaults() Config {
 // DefaultConfig returns the documented defaults.
 func DefaultConfig() Config {
 	return Config{
-		NodeAttestor:     "join_token",
+		NodeAttestor:     jointoken.Type,
 		PSATTokenPath:    "/var/run/secrets/tokens/tally-agent",
-		KubeletURL:       "https://127.0.0.1:10250",
-		KubeletCAFile:    "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt",
-		KubeletTokenPath: "/var/run/secrets/kubernetes.io/serviceaccount/token",
+		KubeletURL:       k8sattest.DefaultKubeletURL,
+		KubeletCAFile:    k8sattest.DefaultCAFile,
+		KubeletTokenPath: k8sattest.DefaultTokenPath,
 		NodeName:         os.Getenv("NODE_NAME"),
 		SocketPath:       "/run/tally/agent.sock",
 		DataDir:          "./tally-agent-data",
@@ -168,8 +171,8 @@ func (c Config) Validate() error {
 		return errors.New("config: join_token and join_token_file exclude each other")
 	}
 	switch c.NodeAttestor {
-	case "join_token":
-	case "k8s_psat":
+	case jointoken.Type:
+	case k8spsat.Type:
 		if c.PSATTokenPath == "" {
 			return errors.New("config: psat_token_path is required with node_attestor k8s_psat")
 		}
@@ -178,8 +181,8 @@ func (c Config) Validate() error {
 	}
 	switch c.PodSource {
 	case "":
-	case "kubelet", "apiserver":
-		if c.NodeName == "" && c.PodSource == "apiserver" {
+	case k8sattest.SourceKubelet, k8sattest.SourceAPIServer:
+		if c.NodeName == "" && c.PodSource == k8sattest.SourceAPIServer {
 			return errors.New("config: node_name (or $NODE_NAME) is required with pod_source apiserver")
 		}
 	default:

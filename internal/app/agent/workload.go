@@ -9,6 +9,7 @@ import (
 	k8sattest "github.com/tallyid/tally/attest/k8s"
 	unixattest "github.com/tallyid/tally/attest/unix"
 	"github.com/tallyid/tally/internal/kube"
+	"github.com/tallyid/tally/internal/logkey"
 	"github.com/tallyid/tally/workloadapi"
 )
 
@@ -32,7 +33,7 @@ func (w workloadAttestors) Attest(ctx context.Context, p attest.Process) ([]atte
 // Kubernetes one; run is non-nil when an attestor needs a loop (the pod
 // watch).
 func newWorkloadAttestors(c Config, log *slog.Logger) (workloadAttestors, func(context.Context) error, error) {
-	list := workloadAttestors{unixattest.New(unixattest.Config{Logger: log.With("component", "unix-attestor")})}
+	list := workloadAttestors{unixattest.New(unixattest.Config{Logger: log.With(logkey.Component, "unix-attestor")})}
 	if c.PodSource == "" {
 		return list, nil, nil
 	}
@@ -42,9 +43,9 @@ func newWorkloadAttestors(c Config, log *slog.Logger) (workloadAttestors, func(c
 		KubeletURL:    c.KubeletURL,
 		KubeletCAFile: c.KubeletCAFile,
 		TokenPath:     c.KubeletTokenPath,
-		Logger:        log.With("component", "k8s-attestor"),
+		Logger:        log.With(logkey.Component, "k8s-attestor"),
 	}
-	if c.PodSource == "apiserver" {
+	if c.PodSource == k8sattest.SourceAPIServer {
 		rc, err := kube.Config(c.Kubeconfig)
 		if err != nil {
 			return nil, nil, fmt.Errorf("agent: kubernetes client config: %w", err)

@@ -17,8 +17,9 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/tallyid/tally/attest/k8spsat"
-	"github.com/tallyid/tally/internal/config"
+	"github.com/tallyid/tally/ca"
 	"github.com/tallyid/tally/internal/logging"
+	tallyv1 "github.com/tallyid/tally/proto/tally/v1"
 )
 
 // Config is the server configuration: a YAML file (unknown keys refused),
@@ -92,10 +93,10 @@ type Config struct {
 // from ca_ttl, the JWT issuer from http_address, the clock and the logger.
 func (c Config) withDefaults() Config {
 	if c.X509SVIDTTL == 0 {
-		c.X509SVIDTTL = min(time.Hour, c.CATTL/6)
+		c.X509SVIDTTL = ca.DefaultSVIDTTL(ca.KindX509, c.CATTL)
 	}
 	if c.JWTSVIDTTL == 0 {
-		c.JWTSVIDTTL = min(5*time.Minute, c.CATTL/6)
+		c.JWTSVIDTTL = ca.DefaultSVIDTTL(ca.KindJWT, c.CATTL)
 	}
 	if c.AgentSVIDTTL == 0 {
 		c.AgentSVIDTTL = c.X509SVIDTTL
@@ -119,9 +120,9 @@ func DefaultConfig() Config {
 		BindAddress:   "127.0.0.1:8081",
 		HTTPAddress:   "127.0.0.1:8443",
 		HealthAddress: "127.0.0.1:8080",
-		AdminSocket:   "/run/tally/admin.sock",
+		AdminSocket:   tallyv1.DefaultAdminSocket,
 		CATTL:         24 * time.Hour,
-		PSATAudience:  "tally-server",
+		PSATAudience:  k8spsat.DefaultAudience,
 		PSATKubeQPS:   k8spsat.DefaultQPS,
 		PSATKubeBurst: k8spsat.DefaultBurst,
 		LogLevel:      "info",
@@ -155,10 +156,6 @@ func BindFlags(fs *pflag.FlagSet, c *Config) {
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "json or text")
 }
-
-// LoadFile reads a YAML config over c. Unknown keys are refused, naming the
-// key and the file.
-func LoadFile(path string, c *Config) error { return config.LoadYAML(path, c) }
 
 // Validate checks the configuration as a whole.
 func (c Config) Validate() error {

@@ -9,6 +9,8 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+
+	"github.com/tallyid/tally/internal/logkey"
 )
 
 // bundleSource returns the current trust bundle.
@@ -24,7 +26,7 @@ func publicHandler(src bundleSource, issuer string, log *slog.Logger) http.Handl
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		raw, err := src.Bundle().Marshal()
 		if err != nil {
-			log.Error("marshal bundle", "error", err)
+			log.Error("marshal bundle", logkey.Error, err)
 			http.Error(w, "internal error", http.StatusInternalServerError)
 			return
 		}

@@ -13,6 +13,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc/credentials"
+
+	"github.com/tallyid/tally/internal/logkey"
 )
 
 // Limits on what a Node API caller may send before it has proved who it is.
@@ -117,7 +119,7 @@ func (n *nodeListener) handshake(ctx context.Context, raw net.Conn) {
 	defer cancel()
 	conn := tls.Server(raw, n.tls)
 	if err := conn.HandshakeContext(hctx); err != nil {
-		n.log.Debug("node api tls handshake failed", "peer", raw.RemoteAddr().String(), "error", err)
+		n.log.Debug("node api tls handshake failed", logkey.Peer, raw.RemoteAddr().String(), logkey.Error, err)
 		raw.Close()
 		return
 	}
@@ -128,7 +130,7 @@ func (n *nodeListener) handshake(ctx context.Context, raw net.Conn) {
 	select {
 	case n.open <- struct{}{}:
 	default:
-		n.log.Warn("node api: too many connections without a client SVID; closing one", "peer", raw.RemoteAddr().String(), "limit", bootstrapMaxConns)
+		n.log.Warn("node api: too many connections without a client SVID; closing one", logkey.Peer, raw.RemoteAddr().String(), "limit", bootstrapMaxConns)
 		conn.Close()
 		return
 	}

@@ -31,6 +31,7 @@ import (
 	"github.com/tallyid/tally/ca/store/badgerstore"
 	"github.com/tallyid/tally/internal/health"
 	"github.com/tallyid/tally/internal/httpserve"
+	"github.com/tallyid/tally/internal/logkey"
 	"github.com/tallyid/tally/internal/peercred"
 	"github.com/tallyid/tally/internal/reserved"
 	"github.com/tallyid/tally/internal/unixsock"
@@ -141,7 +142,7 @@ func (s *Server) buildCore(ctx context.Context, c *components) error {
 		UpstreamCertFile: cfg.UpstreamCertFile,
 		UpstreamKeyFile:  cfg.UpstreamKeyFile,
 		Clock:            s.clock,
-		Logger:           s.log.With("component", "ca"),
+		Logger:           s.log.With(logkey.Component, "ca"),
 	})
 	if err != nil {
 		return err
@@ -150,13 +151,13 @@ func (s *Server) buildCore(ctx context.Context, c *components) error {
 		TrustDomain: s.td,
 		Store:       st,
 		Limits:      registry.Limits{MaxTTL: cfg.CATTL / 6},
-		Logger:      s.log.With("component", "registry"),
+		Logger:      s.log.With(logkey.Component, "registry"),
 	})
 	if err := c.registry.Load(ctx); err != nil {
 		return err
 	}
 	registerGauges(c.metrics, c.registry, st, c.authority, upstreamCollector{a: c.authority, clock: s.clock, slotTTL: cfg.CATTL})
-	c.svid = newServerSVID(reserved.ServerID(s.td), c.authority, s.clock, s.log.With("component", "server-svid"))
+	c.svid = newServerSVID(reserved.ServerID(s.td), c.authority, s.clock, s.log.With(logkey.Component, "server-svid"))
 	return c.svid.renew(ctx)
 }
 
@@ -165,7 +166,7 @@ func (s *Server) buildAPIs(c *components) error {
 	cfg := s.cfg
 	attestors := map[string]attest.NodeAttestor{jointoken.Type: jointoken.New(s.td, joinTokens{st: c.store, clock: s.clock})}
 	if cfg.PSATCluster != "" {
-		psat, err := psatAttestor(cfg, s.td, s.log.With("component", "k8spsat"))
+		psat, err := psatAttestor(cfg, s.td, s.log.With(logkey.Component, "k8spsat"))
 		if err != nil {
 			return err
 		}
@@ -182,7 +183,7 @@ func (s *Server) buildAPIs(c *components) error {
 		JWTIssuer:    cfg.JWTIssuer,
 		Metrics:      metrics,
 		Clock:        s.clock,
-		Logger:       s.log.With("component", "node-api"),
+		Logger:       s.log.With(logkey.Component, "node-api"),
 	})
 	c.admin = api.NewAdmin(api.AdminConfig{
 		TrustDomain: s.td,
@@ -194,7 +195,7 @@ func (s *Server) buildAPIs(c *components) error {
 		JWTIssuer:   cfg.JWTIssuer,
 		Metrics:     metrics,
 		Clock:       s.clock,
-		Logger:      s.log.With("component", "admin-api"),
+		Logger:      s.log.With(logkey.Component, "admin-api"),
 	})
 	return nil
 }
@@ -228,7 +229,7 @@ func (s *Server) listen(c *components) error {
 		// Client SVIDs are verified per call against the current bundle;
 		// AttestAgent is called without one.
 		ClientAuth: tls.RequestClientCert,
-	}, c.authority.Bundle, s.log.With("component", "node-api"))
+	}, c.authority.Bundle, s.log.With(logkey.Component, "node-api"))
 
 	// Admin API on the Unix socket: the file mode is the authorisation.
 	c.unixGRPC = grpc.NewServer(grpc.Creds(peercred.Credentials()), grpc.MaxRecvMsgSize(64<<20))
@@ -267,7 +268,6 @@ func (s *Server) listen(c *components) error {
 func (s *Server) serve(ctx context.Context, c *components) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return c.authority.Run(ctx) })
-	g.Go(func() error { return c.registry.Run(ctx) })
 	g.Go(func() error { return c.store.Run(ctx) })
 	g.Go(func() error { return c.svid.Run(ctx) })
 	g.Go(func() error { return housekeeping(ctx, c.store, s.clock, s.log) })
@@ -278,7 +278,7 @@ func (s *Server) serve(ctx context.Context, c *components) error {
 	g.Go(func() error { return httpserve.Serve(ctx, c.https, c.httpsLis, true) })
 	g.Go(func() error { return httpserve.Serve(ctx, c.healthSrv, c.healthLn, false) })
 	s.ready.Store(true)
-	s.log.Info("tally server ready", "trust_domain", s.td.Name(), "bind_address", c.nodeLis.lis.Addr().String(),
+	s.log.Info("tally server ready", logkey.TrustDomain, s.td.Name(), "bind_address", c.nodeLis.lis.Addr().String(),
 		"http_address", c.httpsLis.Addr().String(), "health_address", c.healthLn.Addr().String(), "admin_socket", s.cfg.AdminSocket,
 		"entries", c.registry.Count())
 	err := g.Wait()
@@ -333,13 +333,13 @@ func housekeeping(ctx context.Context, st store.Store, clk clock.WithTicker, log
 		case <-t.C():
 		}
 		if n, err := st.PruneJoinTokens(ctx, clk.Now()); err != nil {
-			log.Warn("pruning join tokens", "error", err)
+			log.Warn("pruning join tokens", logkey.Error, err)
 		} else if n > 0 {
 			log.Info("pruned expired join tokens", "count", n)
 		}
 		if rev, err := st.Revision(ctx); err == nil && rev > keepEvents {
 			if err := st.PruneEvents(ctx, rev-keepEvents); err != nil {
-				log.Warn("pruning events", "error", err)
+				log.Warn("pruning events", logkey.Error, err)
 			}
 		}
 	}

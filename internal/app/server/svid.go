@@ -17,11 +17,12 @@ import (
 
 	"github.com/tallyid/tally/ca"
 	"github.com/tallyid/tally/internal/backoff"
+	"github.com/tallyid/tally/internal/logkey"
 	"github.com/tallyid/tally/internal/renew"
 )
 
-// x509Signer is what the server's own SVID needs of the authority.
-type x509Signer interface {
+// svidSigner is what the server's own SVID needs of the authority.
+type svidSigner interface {
 	SignX509SVID(ctx context.Context, p ca.X509SVIDParams) ([]*x509.Certificate, error)
 }
 
@@ -29,13 +30,13 @@ type x509Signer interface {
 // for its TLS listeners and renews it at half its lifetime.
 type serverSVID struct {
 	id     spiffeid.ID
-	signer x509Signer
+	signer svidSigner
 	clock  clock.Clock
 	log    *slog.Logger
 	cert   atomic.Pointer[tls.Certificate]
 }
 
-func newServerSVID(id spiffeid.ID, signer x509Signer, clk clock.Clock, log *slog.Logger) *serverSVID {
+func newServerSVID(id spiffeid.ID, signer svidSigner, clk clock.Clock, log *slog.Logger) *serverSVID {
 	return &serverSVID{id: id, signer: signer, clock: clk, log: log}
 }
 
@@ -54,7 +55,7 @@ func (s *serverSVID) renew(ctx context.Context) error {
 		c.Certificate = append(c.Certificate, x.Raw)
 	}
 	s.cert.Store(c)
-	s.log.Info("server SVID renewed", "spiffe_id", s.id.String(), "expires_at", chain[0].NotAfter)
+	s.log.Info("server SVID renewed", logkey.SPIFFEID, s.id.String(), logkey.NotAfter, chain[0].NotAfter)
 	return nil
 }
 
@@ -76,7 +77,7 @@ func (s *serverSVID) Run(ctx context.Context) error {
 		}
 		if err := s.renew(ctx); err != nil {
 			wait = retry.Next()
-			s.log.Warn("renewing server SVID", "error", err, "retry_in", wait)
+			s.log.Warn("renewing server SVID", logkey.Error, err, logkey.RetryIn, wait)
 			continue
 		}
 		retry.Reset()
