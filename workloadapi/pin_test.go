@@ -37,11 +37,14 @@ import (
 //	    envSocket, waits until the server has accepted and pinned the
 //	    connection, hands the connection to a fetcher and then exits, or
 //	    waits for the fetcher if envStay is set.
-//	    fd 3: result pipe (write end), fd 4: go pipe (read end).
-//	fetcher (grandchild): waits for a byte on the go pipe, then calls
-//	    FetchX509SVID over the inherited connection and writes
-//	    "<its pid>\t<numeric code>\t<message>\t<first SPIFFE ID>" to the result pipe.
-//	    fd 3: the connection, fd 4: result pipe, fd 5: go pipe.
+//	    fd 3: result pipe (write end), fd 4: go pipe (read end),
+//	    fd 5: ready pipe (write end).
+//	fetcher (grandchild): once started, closes the ready pipe; waits for a
+//	    byte on the go pipe, then calls FetchX509SVID over the inherited
+//	    connection and writes "<its pid>\t<numeric code>\t<message>\t<first
+//	    SPIFFE ID>" to the result pipe.
+//	    fd 3: the connection, fd 4: result pipe, fd 5: go pipe, fd 6: ready
+//	    pipe.
 const (
 	envRole   = "TALLY_WLAPI_TEST_ROLE"
 	envSocket = "TALLY_WLAPI_TEST_SOCKET"
@@ -98,11 +101,13 @@ func runConnector() error {
 	}
 	fetcher := exec.Command(os.Args[0])
 	fetcher.Env = append(os.Environ(), envRole+"=fetcher")
-	fetcher.ExtraFiles = []*os.File{f, os.NewFile(3, "result"), os.NewFile(4, "go")}
+	ready := os.NewFile(5, "ready")
+	fetcher.ExtraFiles = []*os.File{f, os.NewFile(3, "result"), os.NewFile(4, "go"), ready}
 	fetcher.Stderr = os.Stderr
 	if err := fetcher.Start(); err != nil {
 		return err
 	}
+	ready.Close() // the fetcher's copy alone tells the test when it has started
 	if os.Getenv(envStay) == "" {
 		return nil // exit, leaving the connection to the fetcher
 	}
@@ -117,7 +122,11 @@ func runFetcher() error {
 	}
 	f.Close()
 	result := os.NewFile(4, "result")
-	if _, err := io.ReadFull(os.NewFile(5, "go"), make([]byte, 1)); err != nil {
+	goR := os.NewFile(5, "go")
+	// Started: the threads the runtime starts with exist, so none of them
+	// takes the connector's PID once the test frees it for reuse.
+	os.NewFile(6, "ready").Close()
+	if _, err := io.ReadFull(goR, make([]byte, 1)); err != nil {
 		return err
 	}
 
@@ -157,28 +166,32 @@ type handoff struct {
 }
 
 // startHandoff starts a connector on socket and waits until it has connected
-// and handed its connection to a fetcher; the connector exits then unless
-// stay.
+// and handed its connection to a fetcher, and the fetcher has started; the
+// connector exits then unless stay.
 func startHandoff(t *testing.T, socket string, stay bool) *handoff {
 	t.Helper()
 	resR, resW, err := os.Pipe()
 	require.NoError(t, err)
 	goR, goW, err := os.Pipe()
 	require.NoError(t, err)
+	readyR, readyW, err := os.Pipe()
+	require.NoError(t, err)
 	t.Cleanup(func() {
 		resR.Close()
 		goW.Close()
+		readyR.Close()
 	})
 	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), envRole+"=connector", envSocket+"="+socket)
 	if stay {
 		cmd.Env = append(cmd.Env, envStay+"=1")
 	}
-	cmd.ExtraFiles = []*os.File{resW, goR}
+	cmd.ExtraFiles = []*os.File{resW, goR, readyW}
 	cmd.Stderr = os.Stderr
 	require.NoError(t, cmd.Start())
 	resW.Close()
 	goR.Close()
+	readyW.Close()
 	h := &handoff{connector: cmd, goW: goW, results: resR}
 	t.Cleanup(func() {
 		cmd.Process.Kill()
@@ -187,6 +200,11 @@ func startHandoff(t *testing.T, socket string, stay bool) *handoff {
 	if !stay {
 		require.NoError(t, cmd.Wait(), "connector")
 	}
+	// EOF once the fetcher closed its ready pipe (the connector's copy is
+	// closed when it passes it on or exits).
+	require.NoError(t, readyR.SetReadDeadline(time.Now().Add(waitFor)))
+	n, err := readyR.Read(make([]byte, 1))
+	require.ErrorIs(t, err, io.EOF, "the fetcher did not start (%d bytes)", n)
 	return h
 }
 

@@ -123,6 +123,7 @@ func admRequireUnchanged(t *testing.T, c tallyv1.AdminClient, before admMark) {
 }
 
 func TestAdminRejectsBadEntries(t *testing.T) {
+	t.Parallel()
 	srv := harness.StartServer(t)
 	admin := srv.Admin(t)
 	ctx := context.Background()
@@ -266,6 +267,7 @@ func TestAdminRejectsBadEntries(t *testing.T) {
 }
 
 func TestAdminAcceptsEdgeEntries(t *testing.T) {
+	t.Parallel()
 	srv := harness.StartServer(t)
 	admin := srv.Admin(t)
 	ctx := context.Background()
@@ -356,6 +358,7 @@ func TestAdminAcceptsEdgeEntries(t *testing.T) {
 }
 
 func TestAdminDuplicatesAndBatches(t *testing.T) {
+	t.Parallel()
 	srv := harness.StartServer(t)
 	admin := srv.Admin(t)
 	ctx := context.Background()
@@ -518,6 +521,7 @@ func TestAdminDuplicatesAndBatches(t *testing.T) {
 }
 
 func TestAdminRejectsBadJoinTokens(t *testing.T) {
+	t.Parallel()
 	srv := harness.StartServer(t)
 	admin := srv.Admin(t)
 	ctx := context.Background()
@@ -572,6 +576,7 @@ func TestAdminRejectsBadJoinTokens(t *testing.T) {
 }
 
 func TestAdminRejectsBadMints(t *testing.T) {
+	t.Parallel()
 	srv := harness.StartServer(t)
 	admin := srv.Admin(t)
 	ctx := context.Background()
@@ -652,6 +657,7 @@ func admMintCert(t *testing.T, srv *harness.Server, id string) *tls.Certificate 
 }
 
 func TestAdminAuthorization(t *testing.T) {
+	t.Parallel()
 	const (
 		flagAdmin  = "spiffe://example.org/ops/flag-admin"
 		entryAdmin = "spiffe://example.org/ops/entry-admin"
@@ -740,6 +746,7 @@ func TestAdminAuthorization(t *testing.T) {
 }
 
 func TestAdminBatchOf10000Entries(t *testing.T) {
+	t.Parallel()
 	srv := harness.StartServer(t)
 	admin := srv.Admin(t)
 	ctx := context.Background()

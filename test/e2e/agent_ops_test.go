@@ -18,6 +18,7 @@ import (
 )
 
 func TestAgentMetricsAndTallyctlSVID(t *testing.T) {
+	t.Parallel()
 	s := harness.StartServer(t)
 	a := harness.StartAgent(t, s, "")
 	createEntries(t, s, &tallyv1.Entry{SpiffeId: "spiffe://example.org/ctl", ParentId: a.ID(t).String(),

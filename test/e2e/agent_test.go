@@ -38,6 +38,7 @@ func createEntries(t *testing.T, s *harness.Server, entries ...*tallyv1.Entry) [
 }
 
 func TestWorkloadAPIWithGoSpiffe(t *testing.T) {
+	t.Parallel()
 	s := harness.StartServer(t)
 	a := harness.StartAgent(t, s, "")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -95,6 +96,7 @@ func TestWorkloadAPIWithGoSpiffe(t *testing.T) {
 }
 
 func TestWorkloadAPIRefusals(t *testing.T) {
+	t.Parallel()
 	s := harness.StartServer(t)
 	a := harness.StartAgent(t, s, "")
 	createEntries(t, s, &tallyv1.Entry{SpiffeId: "spiffe://example.org/root-only", ParentId: a.ID(t).String(),
@@ -163,6 +165,7 @@ func TestWorkloadAPIRefusals(t *testing.T) {
 
 // TestOtherUsersGetOnlyTheirIdentities runs workloads as other uids.
 func TestOtherUsersGetOnlyTheirIdentities(t *testing.T) {
+	t.Parallel()
 	s := harness.StartServer(t)
 	a := harness.StartAgent(t, s, "")
 	createEntries(t, s, &tallyv1.Entry{SpiffeId: "spiffe://example.org/nobody", ParentId: a.ID(t).String(),
@@ -184,6 +187,7 @@ func TestOtherUsersGetOnlyTheirIdentities(t *testing.T) {
 // TestGreeterMutualTLS runs the demo's two workloads as separate processes
 // with separate identities.
 func TestGreeterMutualTLS(t *testing.T) {
+	t.Parallel()
 	s := harness.StartServer(t)
 	a := harness.StartAgent(t, s, "")
 	greeter := harness.Binaries(t) + "/greeter"
@@ -205,6 +209,7 @@ func TestGreeterMutualTLS(t *testing.T) {
 }
 
 func TestAgentRestartDoesNotReattest(t *testing.T) {
+	t.Parallel()
 	s := harness.StartServer(t)
 	a := harness.StartAgent(t, s, "")
 	id := a.ID(t)
@@ -226,6 +231,7 @@ func TestAgentRestartDoesNotReattest(t *testing.T) {
 }
 
 func TestServerRestartWhileStreaming(t *testing.T) {
+	t.Parallel()
 	s := harness.StartServer(t)
 	a := harness.StartAgent(t, s, "")
 	createEntries(t, s, &tallyv1.Entry{SpiffeId: "spiffe://example.org/w", ParentId: a.ID(t).String(),
@@ -261,6 +267,7 @@ func TestServerRestartWhileStreaming(t *testing.T) {
 }
 
 func TestEntryChangesReachOpenStreams(t *testing.T) {
+	t.Parallel()
 	s := harness.StartServer(t)
 	a := harness.StartAgent(t, s, "")
 	first := createEntries(t, s, &tallyv1.Entry{SpiffeId: "spiffe://example.org/one", ParentId: a.ID(t).String(),

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -48,6 +49,7 @@ const attackUID = 12347
 // out the identity of entry unix:uid:U + unix:path:/usr/bin/sleep, since no
 // code of that binary ever asked.
 func TestAttackExecAfterConnect(t *testing.T) {
+	t.Parallel()
 	s := harness.StartServer(t)
 	a := harness.StartAgent(t, s, "")
 	sleepPath, err := exec.LookPath("sleep")
@@ -114,16 +116,26 @@ func execConnector() int {
 		fmt.Println("connect:", err)
 		return 1
 	}
+	// The write end of this pipe is close-on-exec and this process's alone:
+	// the child reads EOF from the other end once this process executes
+	// TALLY_E2E_EXEC (or dies).
+	execR, execW, err := os.Pipe()
+	if err != nil {
+		fmt.Println("pipe:", err)
+		return 1
+	}
 	child := exec.Command("/proc/self/exe")
 	child.Env = append(os.Environ(), roleEnv+"="+roleExecUser, "TALLY_E2E_PARENT="+strconv.Itoa(os.Getpid()))
-	child.ExtraFiles = []*os.File{os.NewFile(uintptr(fd), "agent")}
+	child.ExtraFiles = []*os.File{os.NewFile(uintptr(fd), "agent"), execR}
 	child.Stdout, child.Stderr = os.Stdout, os.Stderr
 	if err := child.Start(); err != nil {
 		fmt.Println("start child:", err)
 		return 1
 	}
+	execR.Close()
 	target := os.Getenv("TALLY_E2E_EXEC")
 	err = syscall.Exec(target, []string{filepath.Base(target), "60"}, os.Environ())
+	runtime.KeepAlive(execW) // open until execve closes it, not closed earlier by a finalizer
 	fmt.Println("exec:", err)
 	return 1
 }
@@ -133,17 +145,26 @@ func execUser() int {
 	// The parent's sleep is this role's to end: the test waits for it.
 	defer syscall.Kill(parent, syscall.SIGKILL)
 	target := os.Getenv("TALLY_E2E_EXEC")
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		exe, _ := os.Readlink("/proc/" + strconv.Itoa(parent) + "/exe")
-		if exe == target {
-			break
-		}
-		if time.Now().After(deadline) {
-			fmt.Println("parent never ran", target, "it runs", exe)
-			return 1
-		}
-		time.Sleep(5 * time.Millisecond)
+	// EOF: the parent's close-on-exec write end is gone, so it executed
+	// (the kernel switches /proc/<pid>/exe before it closes such files) or
+	// died.
+	if err := syscall.SetNonblock(4, true); err != nil { // pollable, for the deadline
+		fmt.Println("exec pipe:", err)
+		return 1
+	}
+	execR := os.NewFile(4, "exec")
+	if err := execR.SetReadDeadline(time.Now().Add(30 * time.Second)); err != nil {
+		fmt.Println("exec pipe:", err)
+		return 1
+	}
+	if n, err := execR.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		fmt.Println("waiting for the parent to execute:", n, err)
+		return 1
+	}
+	execR.Close()
+	if exe, _ := os.Readlink("/proc/" + strconv.Itoa(parent) + "/exe"); exe != target {
+		fmt.Println("parent never ran", target, "it runs", exe)
+		return 1
 	}
 	fmt.Println("parent runs " + target)
 	conn, err := net.FileConn(os.NewFile(3, "agent"))

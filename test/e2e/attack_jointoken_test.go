@@ -14,6 +14,7 @@ import (
 // readable by every local user (ps) until it is used. The agent takes it from
 // a file or $TALLY_JOIN_TOKEN instead, and warns when it is an argument.
 func TestJoinTokenNotOnCommandLine(t *testing.T) {
+	t.Parallel()
 	s := harness.StartServer(t)
 	cmdline := func(pid int) string {
 		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
@@ -32,8 +33,8 @@ func TestJoinTokenNotOnCommandLine(t *testing.T) {
 	})
 	t.Run("environment", func(t *testing.T) {
 		token := s.NewToken(t, "")
-		t.Setenv("TALLY_JOIN_TOKEN", token)
 		a := harness.NewAgent(t, s)
+		a.Env = []string{"TALLY_JOIN_TOKEN=" + token} // the agent's environment only: t.Setenv would rule out t.Parallel
 		a.Start(t)
 		require.NotContains(t, cmdline(a.PID()), token)
 		require.NotContains(t, a.Log(), token)

@@ -33,6 +33,7 @@ import (
 // rate × elapsed of them, answers the rest ResourceExhausted, never caches
 // more than jwt_cache_size, and keeps serving the audiences it has cached.
 func TestAttackJWTAudienceFlood(t *testing.T) {
+	t.Parallel()
 	const (
 		cacheSize = 5
 		burst     = 20

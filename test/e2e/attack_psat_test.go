@@ -92,6 +92,7 @@ func TestAttackPSATJunkDoesNotReachAPIServer(t *testing.T) {
 // service accounts may attest. Now every refusal reads the same; the
 // server log has the reason and the UIDs.
 func TestAttackPSATRefusalHidesUIDs(t *testing.T) {
+	t.Parallel()
 	e := startK8sEnv(t)
 	c := e.cluster
 	c.ServiceAccount(t, e.ns, "other")
@@ -159,6 +160,7 @@ func TestAttackPSATRefusalHidesUIDs(t *testing.T) {
 // timestamp) and of a pod that has finished, and Tally gave such an agent a
 // fresh identity. Now it refuses; the pod replacing it attests.
 func TestAttackPSATTerminatingPod(t *testing.T) {
+	t.Parallel()
 	e := startK8sEnv(t)
 	c := e.cluster
 	review := func(t *testing.T, token string) authenticationv1.TokenReviewStatus {

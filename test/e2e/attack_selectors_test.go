@@ -37,6 +37,7 @@ func attackSelector(typ, value string) func(*tallyv1.Entry) {
 }
 
 func TestAttackControlCharsInSelectors(t *testing.T) {
+	t.Parallel()
 	srv := harness.StartServer(t)
 	admin := srv.Admin(t)
 	ctx := context.Background()
@@ -99,6 +100,7 @@ Created:        %s
 // A store holding such entries from before the check (or written around
 // the registry) is reported at start, and those entries are not served.
 func TestAttackStoredControlCharsNotServed(t *testing.T) {
+	t.Parallel()
 	srv := harness.StartServer(t)
 	ctx := context.Background()
 	agent, err := srv.AttestJoinToken(t, srv.NewToken(t, ""))

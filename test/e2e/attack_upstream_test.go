@@ -28,6 +28,7 @@ import (
 // 2 h]; a 4 h mint must not outlive the root, and the server says, in its
 // log and its metrics, that the upstream ends within a slot lifetime.
 func TestAttackLeafOutlivesUpstreamRoot(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	now := time.Now()
 	rootKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)

@@ -184,6 +184,7 @@ func cfgJWTLifetime(t *testing.T, socket, id string) time.Duration {
 var ttl6Message = regexp.MustCompile(`(?i)ca[ _-]?ttl ?/ ?6`)
 
 func TestConfigRefusedAtStart(t *testing.T) {
+	t.Parallel()
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	t.Cleanup(func() { busy.Close() })
@@ -300,6 +301,7 @@ func TestConfigRefusedAtStart(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel() // each case has its own addresses and files
 			addrs := newCfgAddrs(t)
 			args := []string{"run"}
 			var file string
@@ -322,6 +324,7 @@ func TestConfigRefusedAtStart(t *testing.T) {
 }
 
 func TestConfigFileAndFlags(t *testing.T) {
+	t.Parallel()
 	const (
 		yamlAdmin = "spiffe://example.org/ops/yaml-admin"
 		flagAdmin = "spiffe://example.org/ops/flag-admin"
@@ -386,6 +389,7 @@ func TestConfigFileAndFlags(t *testing.T) {
 }
 
 func TestConfigShortCATTLDerivesSVIDTTLs(t *testing.T) {
+	t.Parallel()
 	s := harness.StartServer(t, "--ca-ttl", "1h")
 	resp, err := s.Admin(t).MintJWTSVID(context.Background(), &tallyv1.MintJWTSVIDRequest{SpiffeId: "spiffe://example.org/w", Audience: []string{"a"}})
 	require.NoError(t, err)

@@ -20,6 +20,7 @@ import (
 )
 
 func TestBatchNewX509SVIDRefusals(t *testing.T) {
+	t.Parallel()
 	s := harness.StartServer(t)
 	ctx := context.Background()
 	agent, err := s.AttestJoinToken(t, s.NewToken(t, ""))

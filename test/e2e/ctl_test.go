@@ -105,6 +105,7 @@ func ctlEntries(t *testing.T, out string) []ctlEntry {
 }
 
 func TestCtlEntryLifecycle(t *testing.T) {
+	t.Parallel()
 	srv := harness.StartServer(t)
 	admin := srv.Admin(t)
 	ctx := context.Background()
@@ -268,6 +269,7 @@ func TestCtlEntryLifecycle(t *testing.T) {
 }
 
 func TestCtlEntryErrors(t *testing.T) {
+	t.Parallel()
 	srv := harness.StartServer(t)
 	admin := srv.Admin(t)
 	const parent = "spiffe://example.org/agent/ctl-node"
@@ -315,6 +317,7 @@ func TestCtlEntryErrors(t *testing.T) {
 }
 
 func TestCtlTokensAndAgents(t *testing.T) {
+	t.Parallel()
 	srv := harness.StartServer(t)
 	const alias = "spiffe://example.org/nodes/ctl-1"
 
@@ -412,6 +415,7 @@ func TestCtlTokensAndAgents(t *testing.T) {
 }
 
 func TestCtlBundleAndMint(t *testing.T) {
+	t.Parallel()
 	srv := harness.StartServer(t)
 	resp, err := srv.Admin(t).GetBundle(context.Background(), &tallyv1.GetBundleRequest{})
 	require.NoError(t, err)
@@ -529,6 +533,7 @@ func TestCtlBundleAndMint(t *testing.T) {
 }
 
 func TestCtlHealthcheck(t *testing.T) {
+	t.Parallel()
 	srv := harness.StartServer(t)
 	bin := filepath.Join(harness.Binaries(t), "tallyctl")
 
@@ -557,6 +562,7 @@ func TestCtlHealthcheck(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel() // each case has a socket of its own
 			cmd := exec.Command(bin, "--socket", tc.socket(t), "--timeout", "10s", "healthcheck")
 			var stdout, stderr bytes.Buffer
 			cmd.Stdout, cmd.Stderr = &stdout, &stderr

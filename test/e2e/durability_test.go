@@ -12,6 +12,7 @@ import (
 )
 
 func TestRestartKeepsState(t *testing.T) {
+	t.Parallel()
 	s := harness.StartServer(t)
 	ctx := context.Background()
 	agent, err := s.AttestJoinToken(t, s.NewToken(t, "spiffe://example.org/nodes/a"))
@@ -50,6 +51,7 @@ func TestRestartKeepsState(t *testing.T) {
 }
 
 func TestKill9LosesNoAcknowledgedWrite(t *testing.T) {
+	t.Parallel()
 	s := harness.StartServer(t)
 	ctx := context.Background()
 	admin := s.Admin(t)

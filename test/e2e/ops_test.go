@@ -27,6 +27,7 @@ import (
 )
 
 func TestMetricsHealthAndAudit(t *testing.T) {
+	t.Parallel()
 	s := harness.StartServer(t)
 	ctx := context.Background()
 	token := s.NewToken(t, "")
@@ -101,6 +102,7 @@ func TestMetricsHealthAndAudit(t *testing.T) {
 }
 
 func TestUpstreamCA(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	rootKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	require.NoError(t, err)

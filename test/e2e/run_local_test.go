@@ -18,6 +18,7 @@ import (
 // greeter demo; it must come up, greet over mTLS, and stop cleanly on
 // Ctrl-C (SIGINT).
 func TestMakeRun(t *testing.T) {
+	t.Parallel()
 	_, file, _, _ := runtime.Caller(0)
 	script := filepath.Join(filepath.Dir(file), "..", "..", "scripts", "run-local.sh")
 	env := []string{

@@ -21,6 +21,7 @@ import (
 // running out the grace period. The exit time is measured in
 // BenchmarkServerShutdown.
 func TestShutdownEndsAgentStreams(t *testing.T) {
+	t.Parallel()
 	s := harness.StartServer(t)
 	const agents = 100
 	streams := make([]tallyv1.Node_SyncEntriesClient, agents)

@@ -18,6 +18,7 @@ import (
 // TestSPIREClientAgainstTally runs SPIRE v1.13.3's own CLI (spire-agent api
 // ...) against Tally's Workload API socket, unchanged.
 func TestSPIREClientAgainstTally(t *testing.T) {
+	t.Parallel()
 	cli := spire.Binaries(t) + "/spire-agent"
 	s := harness.StartServer(t)
 	a := harness.StartAgent(t, s, "")

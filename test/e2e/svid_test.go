@@ -84,6 +84,7 @@ func requireJWTSVID(t *testing.T, token string, want spiffeid.ID, aud string, bu
 }
 
 func TestIssuedSVIDsMeetSPIFFE(t *testing.T) {
+	t.Parallel()
 	s := harness.StartServer(t)
 	ctx := context.Background()
 	agent, err := s.AttestJoinToken(t, s.NewToken(t, ""))
@@ -120,6 +121,7 @@ func TestIssuedSVIDsMeetSPIFFE(t *testing.T) {
 }
 
 func TestLongTrustDomainAndID(t *testing.T) {
+	t.Parallel()
 	s := harness.NewServer(t)
 	td := strings.Repeat("a", 251) + ".org" // 255 bytes
 	s.TrustDomain = spiffeid.RequireTrustDomainFromString(td)
@@ -133,6 +135,7 @@ func TestLongTrustDomainAndID(t *testing.T) {
 }
 
 func TestBundleEndpoint(t *testing.T) {
+	t.Parallel()
 	s := harness.StartServer(t)
 	ctx := context.Background()
 	local := s.Bundle(t)

@@ -4,10 +4,13 @@ package peercredtest
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"testing"
+	"time"
 )
 
 const nsLastPID = "/proc/sys/kernel/ns_last_pid"
@@ -19,15 +22,24 @@ var ErrCannotReuse = errors.New("peercredtest: cannot reuse pid")
 // Reuse starts `sleep 300` under pid, which must be free (its process exited
 // and was reaped), by writing pid-1 to /proc/sys/kernel/ns_last_pid (needs
 // CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE) and retrying while other processes
-// and threads take the PID first. The caller kills and reaps the sleep.
-// Safe to call from any goroutine.
+// and threads take the PID first. One that took it is waited for, up to
+// takenTimeout, until its PID is free again. The caller kills and reaps the
+// sleep. Safe to call from any goroutine.
 func Reuse(pid int) (*exec.Cmd, error) {
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		return nil, fmt.Errorf("peercredtest: %w", err)
+	}
+	proc := "/proc/" + strconv.Itoa(pid)
+	deadline := time.Now().Add(takenTimeout)
 	const attempts = 200
 	for range attempts {
+		// Everything but the fork happens before ns_last_pid is written,
+		// to leave other forks as small a window as can be.
+		cmd := exec.Command(sleep, "300")
 		if err := os.WriteFile(nsLastPID, []byte(strconv.Itoa(pid-1)), 0); err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrCannotReuse, err)
 		}
-		cmd := exec.Command("sleep", "300")
 		if err := cmd.Start(); err != nil {
 			return nil, fmt.Errorf("peercredtest: start sleep: %w", err)
 		}
@@ -36,21 +48,46 @@ func Reuse(pid int) (*exec.Cmd, error) {
 		}
 		cmd.Process.Kill()
 		cmd.Wait()
-		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
-			return nil, fmt.Errorf("%w: another process took pid %d", ErrCannotReuse, pid)
+		// Another process or thread forked first and took pid: most are
+		// short-lived (this machine's builds and tests), so wait until it
+		// has exited and been reaped.
+		for {
+			if _, err := os.Stat(proc); errors.Is(err, fs.ErrNotExist) {
+				break
+			}
+			if time.Now().After(deadline) {
+				return nil, fmt.Errorf("%w: pid %d still taken after %s by %s", ErrCannotReuse, pid, takenTimeout, describe(proc))
+			}
+			time.Sleep(10 * time.Millisecond)
 		}
 	}
 	return nil, fmt.Errorf("%w: pid %d not obtained in %d attempts", ErrCannotReuse, pid, attempts)
 }
 
-// ReusePID is Reuse for the test's own goroutine: it skips the test if the
-// PID cannot be reused, and kills and reaps the sleep when the test ends.
+// takenTimeout bounds how long Reuse waits for processes that took the PID.
+const takenTimeout = 10 * time.Second
+
+// describe names the process or thread at proc (/proc/<pid>) for an error.
+func describe(proc string) string {
+	b, err := os.ReadFile(proc + "/status")
+	if err != nil {
+		return err.Error()
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, _, _ := strings.Cut(line, ":"); k == "Name" || k == "Tgid" || k == "PPid" {
+			out = append(out, strings.Join(strings.Fields(line), " "))
+		}
+	}
+	return strings.Join(out, ", ")
+}
+
+// ReusePID is Reuse for the test's own goroutine: it fails the test if the
+// PID cannot be reused (a test that needs a reused PID shows nothing without
+// one), and kills and reaps the sleep when the test ends.
 func ReusePID(t testing.TB, pid int) *exec.Cmd {
 	t.Helper()
 	cmd, err := Reuse(pid)
-	if errors.Is(err, ErrCannotReuse) {
-		t.Skip(err)
-	}
 	if err != nil {
 		t.Fatal(err)
 	}

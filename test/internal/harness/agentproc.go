@@ -22,11 +22,14 @@ type AgentProc struct {
 	HealthAddr string
 	// Args are extra flags for `tally-agent run`.
 	Args []string
+	// Env is extra environment for the process, after this process's own.
+	Env []string
 
-	bin  string
-	cmd  *exec.Cmd
-	log  *lockedBuffer
-	done chan struct{}
+	bin     string
+	cmd     *exec.Cmd
+	log     *lockedBuffer
+	done    chan struct{}
+	started bool // ready once: its address is known to others
 }
 
 // StartAgent attests a new agent to s with a fresh join token (alias, if
@@ -71,11 +74,23 @@ func NewAgent(t testing.TB, s *Server, args ...string) *AgentProc {
 	return a
 }
 
-// Start runs the agent process and waits until /readyz answers.
+// Start runs the agent process and waits until /readyz answers. A first
+// start that finds the health port taken is retried, up to twice, on
+// another port (see portTaken).
 func (a *AgentProc) Start(t testing.TB) {
 	t.Helper()
-	done := a.StartNoWait(t)
-	waitReady(t, "tally-agent", a.HealthAddr, done, a.Log)
+	for attempt := 1; ; attempt++ {
+		done := a.StartNoWait(t)
+		err := pollReady(a.HealthAddr, done)
+		if err != nil && !a.started && attempt < 3 && portTaken(err, a.Log()) {
+			t.Logf("tally-agent: its health port was taken since it was picked, starting on another:\n%s", a.Log())
+			a.HealthAddr = FreeAddr(t)
+			continue
+		}
+		failUnready(t, "tally-agent", err, a.Log)
+		a.started = true
+		return
+	}
 }
 
 // StartNoWait runs the agent process and returns a channel closed when it
@@ -92,6 +107,7 @@ func (a *AgentProc) StartNoWait(t testing.TB) <-chan struct{} {
 	}, a.Args...)
 	a.log = &lockedBuffer{}
 	a.cmd = exec.Command(filepath.Join(a.bin, "tally-agent"), argv...)
+	a.cmd.Env = append(os.Environ(), a.Env...)
 	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
 	require.NoError(t, a.cmd.Start())
 	a.done = make(chan struct{})

@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -14,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -81,10 +83,11 @@ type Server struct {
 	// Args are extra flags for `tally-server run`.
 	Args []string
 
-	bin  string
-	cmd  *exec.Cmd
-	log  *lockedBuffer
-	done chan struct{}
+	bin     string
+	cmd     *exec.Cmd
+	log     *lockedBuffer
+	done    chan struct{}
+	started bool // ready once: its addresses are known to others
 }
 
 // NewServer prepares a server in a fresh temp dir; Start runs it.
@@ -123,44 +126,83 @@ func (s *Server) Command() []string {
 	}, s.Args...)
 }
 
-// Start runs the server process and waits until /readyz answers.
+// Start runs the server process and waits until /readyz answers. A first
+// start that finds one of the server's ports taken is retried, up to twice,
+// on other ports (see portTaken).
 func (s *Server) Start(t testing.TB) {
 	t.Helper()
-	argv := s.Command()
-	s.log = &lockedBuffer{}
-	s.cmd = exec.Command(argv[0], argv[1:]...)
-	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
-	require.NoError(t, s.cmd.Start())
-	s.done = make(chan struct{})
-	cmd, done := s.cmd, s.done
-	go func() { _ = cmd.Wait(); close(done) }()
-	t.Cleanup(func() { s.stop(syscall.SIGTERM) })
-	waitReady(t, "tally-server", s.HealthAddr, done, s.Log)
+	for attempt := 1; ; attempt++ {
+		argv := s.Command()
+		s.log = &lockedBuffer{}
+		s.cmd = exec.Command(argv[0], argv[1:]...)
+		s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
+		require.NoError(t, s.cmd.Start())
+		s.done = make(chan struct{})
+		cmd, done := s.cmd, s.done
+		go func() { _ = cmd.Wait(); close(done) }()
+		t.Cleanup(func() { stopProcess(cmd, done, syscall.SIGTERM) })
+		err := pollReady(s.HealthAddr, done)
+		if err != nil && !s.started && attempt < 3 && portTaken(err, s.Log()) {
+			t.Logf("tally-server: a port was taken since it was picked, starting on other ports:\n%s", s.Log())
+			s.BindAddr, s.HTTPAddr, s.HealthAddr = FreeAddr(t), FreeAddr(t), FreeAddr(t)
+			continue
+		}
+		failUnready(t, "tally-server", err, s.Log)
+		s.started = true
+		return
+	}
 }
 
-// waitReady polls http://addr/readyz until it answers 200, failing the test
-// if the process exits (done) or 60 s pass.
-func waitReady(t testing.TB, name, addr string, done <-chan struct{}, log func() string) {
-	t.Helper()
+var (
+	errExited  = errors.New("exited during start")
+	errNotSoon = errors.New("not ready after 60s")
+)
+
+// pollReady polls http://addr/readyz until it answers 200; it returns
+// errExited if the process exits (done) first, errNotSoon after 60 s.
+func pollReady(addr string, done <-chan struct{}) error {
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		resp, err := http.Get("http://" + addr + "/readyz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return
+				return nil
 			}
 		}
 		select {
 		case <-done:
-			t.Fatalf("%s exited during start:\n%s", name, log())
+			return errExited
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s not ready after 60s:\n%s", name, log())
+			return errNotSoon
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// failUnready fails the test if err (from pollReady) is not nil.
+func failUnready(t testing.TB, name string, err error, log func() string) {
+	t.Helper()
+	if err != nil {
+		t.Fatalf("%s %v:\n%s", name, err, log())
+	}
+}
+
+// waitReady polls http://addr/readyz until it answers 200, failing the test
+// if the process exits (done) or 60 s pass.
+func waitReady(t testing.TB, name, addr string, done <-chan struct{}, log func() string) {
+	t.Helper()
+	failUnready(t, name, pollReady(addr, done), log)
+}
+
+// portTaken tells whether a process that exited during start (err) did so
+// because an address was in use: a port FreeAddr found free can be taken
+// before the process binds it, by another listener or by the source port of
+// an outgoing connection, which come from the same range.
+func portTaken(err error, log string) bool {
+	return errors.Is(err, errExited) && strings.Contains(log, "address already in use")
 }
 
 // stopProcess sends sig and waits for done, killing after 20 s.
