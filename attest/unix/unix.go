@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"log/slog"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -28,15 +27,11 @@ const Type = "unix"
 type Config struct {
 	// ProcRoot is where procfs is mounted. Default "/proc".
 	ProcRoot string
-	// Logger receives warnings about selectors that could not be derived.
-	// Default: discard.
-	Logger *slog.Logger
 }
 
 // Attestor derives unix selectors for a process. It is safe for concurrent use.
 type Attestor struct {
 	procRoot string
-	log      *slog.Logger
 	names    nameCache
 }
 
@@ -45,10 +40,7 @@ func New(cfg Config) *Attestor {
 	if cfg.ProcRoot == "" {
 		cfg.ProcRoot = "/proc"
 	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
-	return &Attestor{procRoot: cfg.ProcRoot, log: cfg.Logger, names: nameCache{ttl: time.Minute, m: map[string]cachedName{}}}
+	return &Attestor{procRoot: cfg.ProcRoot, names: nameCache{ttl: time.Minute, m: map[string]cachedName{}}}
 }
 
 // Attest returns the selectors of process pid, in this order:

@@ -33,7 +33,7 @@ func (w workloadAttestors) Attest(ctx context.Context, p attest.Process) ([]atte
 // Kubernetes one; run is non-nil when an attestor needs a loop (the pod
 // watch).
 func newWorkloadAttestors(c Config, log *slog.Logger) (workloadAttestors, func(context.Context) error, error) {
-	list := workloadAttestors{unixattest.New(unixattest.Config{Logger: log.With(logkey.Component, "unix-attestor")})}
+	list := workloadAttestors{unixattest.New(unixattest.Config{})}
 	if c.PodSource == "" {
 		return list, nil, nil
 	}
