@@ -67,7 +67,9 @@ func (m *testMinter) NewX509SVIDs(_ context.Context, reqs []*tallyv1.X509SVIDReq
 		serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
 		now := m.clock.Now()
 		der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{SerialNumber: serial, URIs: csr.URIs, DNSNames: csr.DNSNames,
-			NotBefore: now, NotAfter: now.Add(m.ttl), KeyUsage: x509.KeyUsageDigitalSignature}, m.ca, csr.PublicKey, m.caKey)
+			// Backdated as Tally's CA does (ca.backdate), which a renewal
+			// time must not count as life already lived.
+			NotBefore: now.Add(-10 * time.Second), NotAfter: now.Add(m.ttl), KeyUsage: x509.KeyUsageDigitalSignature}, m.ca, csr.PublicKey, m.caKey)
 		if err != nil {
 			return nil, err
 		}
@@ -184,6 +186,28 @@ func TestCacheRenewsAtHalfLife(t *testing.T) {
 	renewed := next(t, sub).SVIDs[0]
 	require.NotEqual(t, first.CertChain, renewed.CertChain)
 	require.True(t, clk.Now().Before(first.ExpiresAt), "renewed before the old one expired")
+	require.EqualValues(t, 2, m.x509s.Load())
+}
+
+// TestCacheRenewsShortBackdatedSVIDsInTime: a 10 s SVID backdated by 10 s
+// is renewed half way through the 10 s it has left, not at once (which a
+// renewal time counted from NotBefore would do, over and over).
+func TestCacheRenewsShortBackdatedSVIDsInTime(t *testing.T) {
+	c, m, clk := startCache(t, 10)
+	m.ttl = 10 * time.Second
+	c.Apply(syncUpdate{Reset: true, Bundle: m.bundle(), Upserts: []*entry{testEntry("a", "spiffe://example.org/a", 1, "uid:1")}})
+	sub, err := c.SubscribeX509(context.Background(), []attest.Selector{{Type: "unix", Value: "uid:1"}})
+	require.NoError(t, err)
+	defer sub.Close()
+	first := next(t, sub).SVIDs[0]
+	waitIdle(t, c, clk)
+	require.EqualValues(t, 1, m.x509s.Load(), "no renewal right after the first mint")
+	clk.Step(3900 * time.Millisecond) // before 4 s: half of 10 s less the largest jitter
+	waitIdle(t, c, clk)
+	require.EqualValues(t, 1, m.x509s.Load())
+	clk.Step(1200 * time.Millisecond)
+	renewed := next(t, sub).SVIDs[0]
+	require.NotEqual(t, first.CertChain, renewed.CertChain)
 	require.EqualValues(t, 2, m.x509s.Load())
 }
 

@@ -236,11 +236,15 @@ func svidFromChain(chain [][]byte, key []byte) (*x509svid.SVID, error) {
 // forever; failures back off up to 30s.
 func (s *Session) keepIdentity(ctx context.Context) error {
 	bo := backoff.New(time.Second, 30*time.Second)
+	var serial string     // of the SVID renewAt is for
+	var renewAt time.Time // computed once per SVID: a failed renewal retries after backoff
 	for {
 		svid, _ := s.id.current()
 		leaf := svid.Certificates[0]
-		wait := renew.At(leaf.NotBefore, leaf.NotAfter).Sub(s.cfg.Clock.Now())
-		if err := s.sleep(ctx, wait); err != nil {
+		if leaf.SerialNumber.String() != serial {
+			serial, renewAt = leaf.SerialNumber.String(), renew.At(s.cfg.Clock.Now(), leaf.NotBefore, leaf.NotAfter)
+		}
+		if err := s.sleep(ctx, renewAt.Sub(s.cfg.Clock.Now())); err != nil {
 			return nil
 		}
 		var err error

@@ -110,7 +110,7 @@ func newMinted(e *entry, chain [][]byte, key []byte, bundle *spiffebundle.Bundle
 	leaf := svid.Certificates[0]
 	return &minted{
 		svid:    workloadapi.X509SVID{ID: e.SPIFFEID, CertChain: der, Key: key, Hint: e.Hint, ExpiresAt: leaf.NotAfter},
-		renewAt: renew.At(leaf.NotBefore, leaf.NotAfter),
+		renewAt: renew.At(now, leaf.NotBefore, leaf.NotAfter),
 	}, nil
 }
 

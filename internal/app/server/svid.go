@@ -66,7 +66,8 @@ func (s *serverSVID) Run(ctx context.Context) error {
 	var wait time.Duration
 	for {
 		if c := s.cert.Load(); c != nil && retry.Failures() == 0 {
-			wait = max(renew.At(c.Leaf.NotBefore, c.Leaf.NotAfter).Sub(s.clock.Now()), 0)
+			now := s.clock.Now()
+			wait = max(renew.At(now, c.Leaf.NotBefore, c.Leaf.NotAfter).Sub(now), 0)
 		}
 		t := s.clock.NewTimer(wait)
 		select {
