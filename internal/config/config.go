@@ -12,6 +12,7 @@ import (
 	"reflect"
 
 	"github.com/spf13/pflag"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -87,4 +88,16 @@ func Resolve[C any](defaults C, file string, flags *pflag.FlagSet, bind func(*pf
 		return cfg, fmt.Errorf("config: %w", err)
 	}
 	return cfg, nil
+}
+
+// CheckTrustDomain validates the trust_domain key of a config (both
+// binaries have one); the error names the key.
+func CheckTrustDomain(name string) error {
+	if name == "" {
+		return errors.New("config: trust_domain is required")
+	}
+	if _, err := spiffeid.TrustDomainFromString(name); err != nil {
+		return fmt.Errorf("config: trust_domain %q: %w", name, err)
+	}
+	return nil
 }

@@ -9,13 +9,13 @@ import (
 	"os"
 
 	"github.com/spf13/pflag"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/utils/clock"
 
 	"github.com/tallyid/tally/agent"
 	"github.com/tallyid/tally/attest/jointoken"
 	k8sattest "github.com/tallyid/tally/attest/k8s"
 	"github.com/tallyid/tally/attest/k8spsat"
+	"github.com/tallyid/tally/internal/config"
 	"github.com/tallyid/tally/internal/logging"
 )
 
@@ -149,11 +149,8 @@ func BindFlags(fs *pflag.FlagSet, c *Config) {
 
 // Validate checks the configuration as a whole.
 func (c Config) Validate() error {
-	if c.TrustDomain == "" {
-		return errors.New("config: trust_domain is required")
-	}
-	if _, err := spiffeid.TrustDomainFromString(c.TrustDomain); err != nil {
-		return fmt.Errorf("config: trust_domain %q: %w", c.TrustDomain, err)
+	if err := config.CheckTrustDomain(c.TrustDomain); err != nil {
+		return err
 	}
 	if _, _, err := net.SplitHostPort(c.ServerAddress); err != nil {
 		return fmt.Errorf("config: server_address %q: %w", c.ServerAddress, err)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/tallyid/tally/attest/k8spsat"
 	"github.com/tallyid/tally/ca"
+	"github.com/tallyid/tally/internal/config"
 	"github.com/tallyid/tally/internal/logging"
 	tallyv1 "github.com/tallyid/tally/proto/tally/v1"
 )
@@ -121,7 +122,7 @@ func DefaultConfig() Config {
 		HTTPAddress:   "127.0.0.1:8443",
 		HealthAddress: "127.0.0.1:8080",
 		AdminSocket:   tallyv1.DefaultAdminSocket,
-		CATTL:         24 * time.Hour,
+		CATTL:         ca.DefaultCATTL,
 		PSATAudience:  k8spsat.DefaultAudience,
 		PSATKubeQPS:   k8spsat.DefaultQPS,
 		PSATKubeBurst: k8spsat.DefaultBurst,
@@ -159,11 +160,8 @@ func BindFlags(fs *pflag.FlagSet, c *Config) {
 
 // Validate checks the configuration as a whole.
 func (c Config) Validate() error {
-	if c.TrustDomain == "" {
-		return errors.New("config: trust_domain is required")
-	}
-	if _, err := spiffeid.TrustDomainFromString(c.TrustDomain); err != nil {
-		return fmt.Errorf("config: trust_domain %q: %w", c.TrustDomain, err)
+	if err := config.CheckTrustDomain(c.TrustDomain); err != nil {
+		return err
 	}
 	for key, addr := range map[string]string{"bind_address": c.BindAddress, "http_address": c.HTTPAddress, "health_address": c.HealthAddress} {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
