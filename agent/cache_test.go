@@ -202,10 +202,12 @@ func TestCacheRenewsShortBackdatedSVIDsInTime(t *testing.T) {
 	first := next(t, sub).SVIDs[0]
 	waitIdle(t, c, clk)
 	require.EqualValues(t, 1, m.x509s.Load(), "no renewal right after the first mint")
-	clk.Step(3900 * time.Millisecond) // before 4 s: half of 10 s less the largest jitter
+	// Certificates carry whole seconds, so the SVID has 9 to 10 s left:
+	// the earliest renewal is at 40 % of 9 s, 3.6 s.
+	clk.Step(3500 * time.Millisecond)
 	waitIdle(t, c, clk)
 	require.EqualValues(t, 1, m.x509s.Load())
-	clk.Step(1200 * time.Millisecond)
+	clk.Step(1600 * time.Millisecond) // past half of 10 s
 	renewed := next(t, sub).SVIDs[0]
 	require.NotEqual(t, first.CertChain, renewed.CertChain)
 	require.EqualValues(t, 2, m.x509s.Load())

@@ -3,6 +3,8 @@ package jointoken_test
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
@@ -88,4 +90,23 @@ func TestAttackStoredControlCharsNotServedJoinTokenAlias(t *testing.T) {
 		require.ErrorContains(t, err, "stored alias "+strconv.Quote(alias))
 		require.Empty(t, res.Aliases)
 	}
+}
+
+// TestClientTokenFile: the agent reads its token from a file at each
+// attestation; a missing or empty file is a clear error, not an empty token.
+func TestClientTokenFile(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "token")
+	require.NoError(t, os.WriteFile(file, []byte("  secret-token\n"), 0o600))
+	data, err := jointoken.Client{TokenFile: file}.Data(context.Background())
+	require.NoError(t, err)
+	require.Equal(t, "secret-token", string(data), "surrounding whitespace ignored")
+
+	_, err = jointoken.Client{TokenFile: filepath.Join(dir, "missing")}.Data(context.Background())
+	require.ErrorContains(t, err, "join token file")
+	require.NoError(t, os.WriteFile(file, []byte("\n"), 0o600))
+	_, err = jointoken.Client{TokenFile: file}.Data(context.Background())
+	require.ErrorContains(t, err, "is empty")
+	_, err = jointoken.Client{}.Data(context.Background())
+	require.ErrorContains(t, err, "no join token configured")
 }

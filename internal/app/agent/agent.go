@@ -20,6 +20,7 @@ import (
 	"github.com/tallyid/tally/agent"
 	"github.com/tallyid/tally/attest/jointoken"
 	"github.com/tallyid/tally/attest/k8spsat"
+	"github.com/tallyid/tally/internal/closer"
 	"github.com/tallyid/tally/internal/health"
 	"github.com/tallyid/tally/internal/httpserve"
 	"github.com/tallyid/tally/internal/logkey"
@@ -42,7 +43,7 @@ func New(cfg Config) (*Agent, error) {
 	return &Agent{cfg: cfg, log: cfg.Logger}, nil
 }
 
-// components is everything Run serves; close releases what build opened.
+// components is everything Run serves, built by build.
 type components struct {
 	metrics      *prometheus.Registry
 	session      *agent.Session
@@ -51,13 +52,7 @@ type components struct {
 	workload     *workloadapi.Server
 	healthSrv    *http.Server
 	healthLis    net.Listener
-	closers      []func()
-}
-
-func (c *components) close() {
-	for i := len(c.closers) - 1; i >= 0; i-- {
-		c.closers[i]()
-	}
+	closer.Stack // what build opened; Close releases it
 }
 
 // Run attests (unless a stored SVID is still valid), then follows entries,
@@ -68,7 +63,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer c.close()
+	defer c.Close()
 	return a.serve(ctx, c)
 }
 
@@ -79,7 +74,7 @@ func (a *Agent) build(ctx context.Context) (_ *components, err error) {
 	c := &components{metrics: prometheus.NewRegistry()}
 	defer func() {
 		if err != nil {
-			c.close()
+			c.Close()
 		}
 	}()
 	c.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -97,7 +92,7 @@ func (a *Agent) build(ctx context.Context) (_ *components, err error) {
 	}); err != nil {
 		return nil, err
 	}
-	c.closers = append(c.closers, c.session.Close)
+	c.Add(func() error { c.session.Close(); return nil })
 	c.cache = agent.NewCache(agent.CacheConfig{
 		Minter:       c.session.Minter(),
 		Clock:        cfg.Clock,
@@ -127,7 +122,7 @@ func (a *Agent) build(ctx context.Context) (_ *components, err error) {
 	if c.healthLis, err = net.Listen("tcp", cfg.HealthAddress); err != nil {
 		return nil, fmt.Errorf("agent: health_address: %w", err)
 	}
-	c.closers = append(c.closers, func() { c.healthLis.Close() })
+	c.Add(c.healthLis.Close)
 	c.healthSrv = &http.Server{Handler: health.Handler(func() bool { return a.ready.Load() && c.cache.Synced() }, c.metrics),
 		ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, MaxHeaderBytes: 16 << 10}
 	return c, nil

@@ -55,3 +55,19 @@ func TestConfigJWTFlags(t *testing.T) {
 	require.Equal(t, 3, c.JWTMintBurst)
 	require.NoError(t, c.Validate())
 }
+
+// TestConfigServerVerificationIsTheDefault: the agent authenticates the
+// server unless insecure_bootstrap is set explicitly, and the two ways of
+// trusting it exclude each other.
+func TestConfigServerVerificationIsTheDefault(t *testing.T) {
+	c := validConfig()
+	require.False(t, DefaultConfig().InsecureBootstrap)
+	c.InsecureBootstrap = false
+	require.ErrorContains(t, c.Validate(), "trust_bundle is required")
+	c.TrustBundle = "/etc/tally/bundle.pem"
+	require.NoError(t, c.Validate())
+	c.InsecureBootstrap = true
+	require.ErrorContains(t, c.Validate(), "exclude each other")
+	c.TrustBundle, c.JoinToken, c.JoinTokenFile = "", "a", "b"
+	require.ErrorContains(t, c.Validate(), "join_token and join_token_file exclude each other")
+}

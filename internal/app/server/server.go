@@ -29,6 +29,7 @@ import (
 	"github.com/tallyid/tally/ca/registry"
 	"github.com/tallyid/tally/ca/store"
 	"github.com/tallyid/tally/ca/store/badgerstore"
+	"github.com/tallyid/tally/internal/closer"
 	"github.com/tallyid/tally/internal/health"
 	"github.com/tallyid/tally/internal/httpserve"
 	"github.com/tallyid/tally/internal/logkey"
@@ -56,8 +57,7 @@ func New(cfg Config) (*Server, error) {
 	return &Server{cfg: cfg, td: spiffeid.RequireTrustDomainFromString(cfg.TrustDomain), log: cfg.Logger, clock: cfg.Clock}, nil
 }
 
-// components is everything Run serves, built by build. close releases what
-// build opened, in reverse order.
+// components is everything Run serves, built by build.
 type components struct {
 	store     *badgerstore.Store
 	authority *ca.Authority
@@ -74,15 +74,7 @@ type components struct {
 	https, healthSrv   *http.Server
 	httpsLis, healthLn net.Listener
 
-	closers []func() error
-}
-
-func (c *components) onClose(f func() error) { c.closers = append(c.closers, f) }
-
-func (c *components) close() {
-	for i := len(c.closers) - 1; i >= 0; i-- {
-		_ = c.closers[i]()
-	}
+	closer.Stack // what build opened; Close releases it
 }
 
 // Run builds the server's components, serves until ctx is done or one of
@@ -92,7 +84,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer c.close()
+	defer c.Close()
 	return s.serve(ctx, c)
 }
 
@@ -102,7 +94,7 @@ func (s *Server) build(ctx context.Context) (_ *components, err error) {
 	c := &components{}
 	defer func() {
 		if err != nil {
-			c.close()
+			c.Close()
 		}
 	}()
 	if err := s.buildCore(ctx, c); err != nil {
@@ -129,7 +121,7 @@ func (s *Server) buildCore(ctx context.Context, c *components) error {
 		return err
 	}
 	c.store = st
-	c.onClose(st.Close)
+	c.Add(st.Close)
 	c.metrics = prometheus.NewRegistry()
 	c.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	c.authority, err = ca.New(ctx, ca.Config{
@@ -222,7 +214,7 @@ func (s *Server) listen(c *components) error {
 	if err != nil {
 		return fmt.Errorf("server: bind_address: %w", err)
 	}
-	c.onClose(nodeTCP.Close)
+	c.Add(nodeTCP.Close)
 	c.nodeLis = newNodeListener(nodeTCP, &tls.Config{
 		MinVersion:     tls.VersionTLS12,
 		GetCertificate: c.svid.GetCertificate,
@@ -237,11 +229,11 @@ func (s *Server) listen(c *components) error {
 	if c.adminLis, err = unixsock.Listen(cfg.AdminSocket, 0o600); err != nil {
 		return fmt.Errorf("server: admin_socket: %w", err)
 	}
-	c.onClose(c.adminLis.Close)
+	c.Add(c.adminLis.Close)
 	if c.httpsLis, err = net.Listen("tcp", cfg.HTTPAddress); err != nil {
 		return fmt.Errorf("server: http_address: %w", err)
 	}
-	c.onClose(c.httpsLis.Close)
+	c.Add(c.httpsLis.Close)
 	c.https = &http.Server{
 		Handler:           publicHandler(c.authority, cfg.JWTIssuer, s.log),
 		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: c.svid.GetCertificate},
@@ -257,7 +249,7 @@ func (s *Server) listen(c *components) error {
 	if c.healthLn, err = net.Listen("tcp", cfg.HealthAddress); err != nil {
 		return fmt.Errorf("server: health_address: %w", err)
 	}
-	c.onClose(c.healthLn.Close)
+	c.Add(c.healthLn.Close)
 	c.healthSrv = &http.Server{Handler: health.Handler(s.ready.Load, c.metrics), ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 16 << 10}
 	return nil

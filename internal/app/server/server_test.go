@@ -128,3 +128,24 @@ func TestJoinTokenExpires(t *testing.T) {
 	require.Equal(t, codes.PermissionDenied, status.Code(err), "%v", err)
 	require.Contains(t, status.Convert(err).Message(), "expired")
 }
+
+// TestConfigRefusesBadValues: each bad value is refused with an error
+// naming its key, and nothing starts.
+func TestConfigRefusesBadValues(t *testing.T) {
+	for _, tc := range []struct {
+		key  string
+		edit func(*Config)
+	}{
+		{"psat_kube_qps", func(c *Config) { c.PSATKubeQPS = 0 }},
+		{"psat_kube_qps", func(c *Config) { c.PSATKubeQPS = -3 }},
+		{"psat_kube_burst", func(c *Config) { c.PSATKubeBurst = 0 }},
+		{"trust_domain", func(c *Config) { c.TrustDomain = "Example.org/x" }},
+		{"log_level", func(c *Config) { c.LogLevel = "loud" }},
+	} {
+		cfg := DefaultConfig()
+		cfg.TrustDomain = "example.org"
+		tc.edit(&cfg)
+		_, err := New(cfg)
+		require.ErrorContains(t, err, tc.key)
+	}
+}
