@@ -858,7 +858,7 @@ var File_tally_v1_node_proto protoreflect.FileDescriptor
 
 const file_tally_v1_node_proto_rawDesc = "" +
 	"\n" +
-	"\x13tally/v1/node.proto\x12\btally.v1\x1a\x14tally/v1/types.proto\"|\n" +
+	"\x13tally/v1/node.proto\x12\btally.v1\x1a\x14tally/v1/types.proto\x1a\x17tally/v1/exchange.proto\"|\n" +
 	"\x12AttestAgentRequest\x12)\n" +
 	"\x10attestation_type\x18\x01 \x01(\tR\x0fattestationType\x12)\n" +
 	"\x10attestation_data\x18\x02 \x01(\fR\x0fattestationData\x12\x10\n" +
@@ -913,7 +913,7 @@ const file_tally_v1_node_proto_rawDesc = "" +
 	"expires_at\x18\x03 \x01(\x03R\texpiresAt\x12\x14\n" +
 	"\x05error\x18\x04 \x01(\tR\x05error\"L\n" +
 	"\x17BatchNewJWTSVIDResponse\x121\n" +
-	"\aresults\x18\x01 \x03(\v2\x17.tally.v1.JWTSVIDResultR\aresults2\xe5\x03\n" +
+	"\aresults\x18\x01 \x03(\v2\x17.tally.v1.JWTSVIDResultR\aresults2\xb2\x04\n" +
 	"\x04Node\x12J\n" +
 	"\vAttestAgent\x12\x1c.tally.v1.AttestAgentRequest\x1a\x1d.tally.v1.AttestAgentResponse\x12G\n" +
 	"\n" +
@@ -922,7 +922,8 @@ const file_tally_v1_node_proto_rawDesc = "" +
 	"\x10BatchNewX509SVID\x12!.tally.v1.BatchNewX509SVIDRequest\x1a\".tally.v1.BatchNewX509SVIDResponse\x12G\n" +
 	"\n" +
 	"NewJWTSVID\x12\x1b.tally.v1.NewJWTSVIDRequest\x1a\x1c.tally.v1.NewJWTSVIDResponse\x12V\n" +
-	"\x0fBatchNewJWTSVID\x12 .tally.v1.BatchNewJWTSVIDRequest\x1a!.tally.v1.BatchNewJWTSVIDResponseB1Z/github.com/tallyid/tally/proto/tally/v1;tallyv1b\x06proto3"
+	"\x0fBatchNewJWTSVID\x12 .tally.v1.BatchNewJWTSVIDRequest\x1a!.tally.v1.BatchNewJWTSVIDResponse\x12K\n" +
+	"\rExchangeToken\x12\x1e.tally.v1.ExchangeTokenRequest\x1a\x1a.tally.v1.ExchangeResponseB1Z/github.com/tallyid/tally/proto/tally/v1;tallyv1b\x06proto3"
 
 var (
 	file_tally_v1_node_proto_rawDescOnce sync.Once
@@ -954,6 +955,8 @@ var file_tally_v1_node_proto_goTypes = []any{
 	(*JWTSVIDResult)(nil),            // 13: tally.v1.JWTSVIDResult
 	(*BatchNewJWTSVIDResponse)(nil),  // 14: tally.v1.BatchNewJWTSVIDResponse
 	(*Entry)(nil),                    // 15: tally.v1.Entry
+	(*ExchangeTokenRequest)(nil),     // 16: tally.v1.ExchangeTokenRequest
+	(*ExchangeResponse)(nil),         // 17: tally.v1.ExchangeResponse
 }
 var file_tally_v1_node_proto_depIdxs = []int32{
 	15, // 0: tally.v1.SyncEntriesResponse.upserts:type_name -> tally.v1.Entry
@@ -967,14 +970,16 @@ var file_tally_v1_node_proto_depIdxs = []int32{
 	7,  // 8: tally.v1.Node.BatchNewX509SVID:input_type -> tally.v1.BatchNewX509SVIDRequest
 	10, // 9: tally.v1.Node.NewJWTSVID:input_type -> tally.v1.NewJWTSVIDRequest
 	12, // 10: tally.v1.Node.BatchNewJWTSVID:input_type -> tally.v1.BatchNewJWTSVIDRequest
-	1,  // 11: tally.v1.Node.AttestAgent:output_type -> tally.v1.AttestAgentResponse
-	3,  // 12: tally.v1.Node.RenewAgent:output_type -> tally.v1.RenewAgentResponse
-	5,  // 13: tally.v1.Node.SyncEntries:output_type -> tally.v1.SyncEntriesResponse
-	9,  // 14: tally.v1.Node.BatchNewX509SVID:output_type -> tally.v1.BatchNewX509SVIDResponse
-	11, // 15: tally.v1.Node.NewJWTSVID:output_type -> tally.v1.NewJWTSVIDResponse
-	14, // 16: tally.v1.Node.BatchNewJWTSVID:output_type -> tally.v1.BatchNewJWTSVIDResponse
-	11, // [11:17] is the sub-list for method output_type
-	5,  // [5:11] is the sub-list for method input_type
+	16, // 11: tally.v1.Node.ExchangeToken:input_type -> tally.v1.ExchangeTokenRequest
+	1,  // 12: tally.v1.Node.AttestAgent:output_type -> tally.v1.AttestAgentResponse
+	3,  // 13: tally.v1.Node.RenewAgent:output_type -> tally.v1.RenewAgentResponse
+	5,  // 14: tally.v1.Node.SyncEntries:output_type -> tally.v1.SyncEntriesResponse
+	9,  // 15: tally.v1.Node.BatchNewX509SVID:output_type -> tally.v1.BatchNewX509SVIDResponse
+	11, // 16: tally.v1.Node.NewJWTSVID:output_type -> tally.v1.NewJWTSVIDResponse
+	14, // 17: tally.v1.Node.BatchNewJWTSVID:output_type -> tally.v1.BatchNewJWTSVIDResponse
+	17, // 18: tally.v1.Node.ExchangeToken:output_type -> tally.v1.ExchangeResponse
+	12, // [12:19] is the sub-list for method output_type
+	5,  // [5:12] is the sub-list for method input_type
 	5,  // [5:5] is the sub-list for extension type_name
 	5,  // [5:5] is the sub-list for extension extendee
 	0,  // [0:5] is the sub-list for field type_name
@@ -986,6 +991,7 @@ func file_tally_v1_node_proto_init() {
 		return
 	}
 	file_tally_v1_types_proto_init()
+	file_tally_v1_exchange_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

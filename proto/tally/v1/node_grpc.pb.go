@@ -25,6 +25,7 @@ const (
 	Node_BatchNewX509SVID_FullMethodName = "/tally.v1.Node/BatchNewX509SVID"
 	Node_NewJWTSVID_FullMethodName       = "/tally.v1.Node/NewJWTSVID"
 	Node_BatchNewJWTSVID_FullMethodName  = "/tally.v1.Node/BatchNewJWTSVID"
+	Node_ExchangeToken_FullMethodName    = "/tally.v1.Node/ExchangeToken"
 )
 
 // NodeClient is the client API for Node service.
@@ -44,6 +45,10 @@ type NodeClient interface {
 	// BatchNewJWTSVID signs several JWT-SVIDs in one call; each refusal is
 	// reported in its own result.
 	BatchNewJWTSVID(ctx context.Context, in *BatchNewJWTSVIDRequest, opts ...grpc.CallOption) (*BatchNewJWTSVIDResponse, error)
+	// ExchangeToken is a token exchange (RFC 8693) for one of the agent's
+	// workloads, forwarded from the agent's TokenExchange service; the actor is
+	// the entry's SPIFFE ID. Refusals carry the same ErrorInfo as there.
+	ExchangeToken(ctx context.Context, in *ExchangeTokenRequest, opts ...grpc.CallOption) (*ExchangeResponse, error)
 }
 
 type nodeClient struct {
@@ -123,6 +128,16 @@ func (c *nodeClient) BatchNewJWTSVID(ctx context.Context, in *BatchNewJWTSVIDReq
 	return out, nil
 }
 
+func (c *nodeClient) ExchangeToken(ctx context.Context, in *ExchangeTokenRequest, opts ...grpc.CallOption) (*ExchangeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ExchangeResponse)
+	err := c.cc.Invoke(ctx, Node_ExchangeToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NodeServer is the server API for Node service.
 // All implementations must embed UnimplementedNodeServer
 // for forward compatibility.
@@ -140,6 +155,10 @@ type NodeServer interface {
 	// BatchNewJWTSVID signs several JWT-SVIDs in one call; each refusal is
 	// reported in its own result.
 	BatchNewJWTSVID(context.Context, *BatchNewJWTSVIDRequest) (*BatchNewJWTSVIDResponse, error)
+	// ExchangeToken is a token exchange (RFC 8693) for one of the agent's
+	// workloads, forwarded from the agent's TokenExchange service; the actor is
+	// the entry's SPIFFE ID. Refusals carry the same ErrorInfo as there.
+	ExchangeToken(context.Context, *ExchangeTokenRequest) (*ExchangeResponse, error)
 	mustEmbedUnimplementedNodeServer()
 }
 
@@ -167,6 +186,9 @@ func (UnimplementedNodeServer) NewJWTSVID(context.Context, *NewJWTSVIDRequest) (
 }
 func (UnimplementedNodeServer) BatchNewJWTSVID(context.Context, *BatchNewJWTSVIDRequest) (*BatchNewJWTSVIDResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method BatchNewJWTSVID not implemented")
+}
+func (UnimplementedNodeServer) ExchangeToken(context.Context, *ExchangeTokenRequest) (*ExchangeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ExchangeToken not implemented")
 }
 func (UnimplementedNodeServer) mustEmbedUnimplementedNodeServer() {}
 func (UnimplementedNodeServer) testEmbeddedByValue()              {}
@@ -290,6 +312,24 @@ func _Node_BatchNewJWTSVID_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Node_ExchangeToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ExchangeTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServer).ExchangeToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Node_ExchangeToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServer).ExchangeToken(ctx, req.(*ExchangeTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Node_ServiceDesc is the grpc.ServiceDesc for Node service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -316,6 +356,10 @@ var Node_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "BatchNewJWTSVID",
 			Handler:    _Node_BatchNewJWTSVID_Handler,
+		},
+		{
+			MethodName: "ExchangeToken",
+			Handler:    _Node_ExchangeToken_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
