@@ -37,11 +37,27 @@ type jwtClaims struct {
 	IssuedAt int64        `json:"iat"`
 }
 
-// jwtSigner signs with the active JWT slot. It is immutable and safe for
-// concurrent use.
+// TxnTokenParams says what to put in a Txn-Token
+// (draft-ietf-oauth-transaction-tokens-10).
+type TxnTokenParams struct {
+	// Audience is the trust domain the token is valid in. Required.
+	Audience string
+	// TTL is the lifetime; 0 means Config.JWTSVIDTTL; at most CATTL/6.
+	TTL time.Duration
+	// Claims are the token's claims (txn, sub, scope, req_wl, tctx, rctx…);
+	// they cannot set aud, exp or iat.
+	Claims map[string]any
+}
+
+// TxnTokenType is the JOSE typ header of a Txn-Token.
+const TxnTokenType = "txntoken+jwt"
+
+// jwtSigner signs with the active JWT slot: JWT-SVIDs (typ JWT) and
+// Txn-Tokens (typ txntoken+jwt). It is immutable and safe for concurrent use.
 type jwtSigner struct {
 	kid      string
-	signer   jose.Signer
+	signer   jose.Signer // typ JWT
+	txn      jose.Signer // typ txntoken+jwt
 	notAfter time.Time
 }
 
@@ -50,14 +66,16 @@ func newJWTSigner(s *slot) (*jwtSigner, error) {
 	if !ok {
 		return nil, fmt.Errorf("ca: jwt slot %s: key is %T, want an ecdsa private key", s.id, s.signer)
 	}
-	signer, err := jose.NewSigner(
-		jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: key, KeyID: s.id}},
-		(&jose.SignerOptions{}).WithType("JWT"),
-	)
+	sk := jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: key, KeyID: s.id}}
+	signer, err := jose.NewSigner(sk, (&jose.SignerOptions{}).WithType("JWT"))
 	if err != nil {
 		return nil, fmt.Errorf("ca: jwt slot %s: %w", s.id, err)
 	}
-	return &jwtSigner{kid: s.id, signer: signer, notAfter: s.notAfter}, nil
+	txn, err := jose.NewSigner(sk, (&jose.SignerOptions{}).WithType(TxnTokenType))
+	if err != nil {
+		return nil, fmt.Errorf("ca: jwt slot %s: %w", s.id, err)
+	}
+	return &jwtSigner{kid: s.id, signer: signer, txn: txn, notAfter: s.notAfter}, nil
 }
 
 // SignJWTSVID signs an ES256 JWT-SVID with the active JWT key: header kid
@@ -65,10 +83,6 @@ func newJWTSigner(s *slot) (*jwtSigner, error) {
 // token and its expiry. Errors wrap ErrInvalidParams for bad params and
 // ErrNotReady without a usable key. Safe for concurrent use.
 func (a *Authority) SignJWTSVID(ctx context.Context, p JWTSVIDParams) (token string, expiresAt time.Time, err error) {
-	ttl, err := a.svidTTL(p.TTL, a.cfg.JWTSVIDTTL)
-	if err != nil {
-		return "", time.Time{}, err
-	}
 	if err := a.checkSVIDID(p.ID); err != nil {
 		return "", time.Time{}, err
 	}
@@ -80,13 +94,53 @@ func (a *Authority) SignJWTSVID(ctx context.Context, p JWTSVIDParams) (token str
 			return "", time.Time{}, fmt.Errorf("%w: empty audience", ErrInvalidParams)
 		}
 	}
+	token, expiresAt, err = a.signJWT(ctx, p.TTL, func(s *jwtSigner) jose.Signer { return s.signer },
+		jwtClaims{Subject: p.ID.String(), Audience: jwt.Audience(p.Audience)}, p.Claims)
+	if err != nil {
+		return "", time.Time{}, fmt.Errorf("ca: sign jwt-svid for %s: %w", p.ID, err)
+	}
+	return token, expiresAt, nil
+}
+
+// SignTxnToken signs an ES256 Txn-Token with the active JWT key: header kid
+// and typ txntoken+jwt; claims aud, exp, iat and p.Claims. Errors as
+// SignJWTSVID's. Safe for concurrent use.
+func (a *Authority) SignTxnToken(ctx context.Context, p TxnTokenParams) (token string, expiresAt time.Time, err error) {
+	if p.Audience == "" {
+		return "", time.Time{}, fmt.Errorf("%w: audience required", ErrInvalidParams)
+	}
+	if _, ok := p.Claims["sub"]; !ok {
+		return "", time.Time{}, fmt.Errorf("%w: a txn-token needs a sub", ErrInvalidParams)
+	}
+	claims := make(map[string]any, len(p.Claims))
+	for k, v := range p.Claims {
+		if k != "sub" {
+			claims[k] = v
+		}
+	}
+	sub, _ := p.Claims["sub"].(string)
+	token, expiresAt, err = a.signJWT(ctx, p.TTL, func(s *jwtSigner) jose.Signer { return s.txn },
+		jwtClaims{Subject: sub, Audience: jwt.Audience{p.Audience}}, claims)
+	if err != nil {
+		return "", time.Time{}, fmt.Errorf("ca: sign txn-token: %w", err)
+	}
+	return token, expiresAt, nil
+}
+
+// signJWT signs std (with exp and iat set here) and extra with the active
+// JWT key, through the signer pick chooses.
+func (a *Authority) signJWT(ctx context.Context, ttl time.Duration, pick func(*jwtSigner) jose.Signer, std jwtClaims, extra map[string]any) (string, time.Time, error) {
+	ttl, err := a.svidTTL(ttl, a.cfg.JWTSVIDTTL)
+	if err != nil {
+		return "", time.Time{}, err
+	}
 	for _, c := range [...]string{"sub", "aud", "exp", "iat"} { // set by the authority only
-		if _, ok := p.Claims[c]; ok {
+		if _, ok := extra[c]; ok {
 			return "", time.Time{}, fmt.Errorf("%w: claim %q is set by the authority", ErrInvalidParams, c)
 		}
 	}
 	if err := ctx.Err(); err != nil {
-		return "", time.Time{}, fmt.Errorf("ca: sign jwt-svid: %w", err)
+		return "", time.Time{}, err
 	}
 	s := a.jwt.Load()
 	now := a.clock.Now()
@@ -97,25 +151,20 @@ func (a *Authority) SignJWTSVID(ctx context.Context, p JWTSVIDParams) (token str
 	if exp.After(s.notAfter) {
 		exp = s.notAfter
 	}
-	claims := jwtClaims{
-		Subject:  p.ID.String(),
-		Audience: jwt.Audience(p.Audience),
-		Expiry:   exp.Unix(),
-		IssuedAt: now.Unix(),
-	}
-	payload, err := marshalClaims(claims, p.Claims)
+	std.Expiry, std.IssuedAt = exp.Unix(), now.Unix()
+	payload, err := marshalClaims(std, extra)
 	if err != nil {
 		return "", time.Time{}, err
 	}
-	jws, err := s.signer.Sign(payload)
+	jws, err := pick(s).Sign(payload)
 	if err != nil {
-		return "", time.Time{}, fmt.Errorf("ca: sign jwt-svid for %s: %w", p.ID, err)
+		return "", time.Time{}, err
 	}
-	token, err = jws.CompactSerialize()
+	token, err := jws.CompactSerialize()
 	if err != nil {
-		return "", time.Time{}, fmt.Errorf("ca: serialize jwt-svid for %s: %w", p.ID, err)
+		return "", time.Time{}, err
 	}
-	return token, time.Unix(claims.Expiry, 0), nil
+	return token, time.Unix(std.Expiry, 0), nil
 }
 
 func marshalClaims(std jwtClaims, extra map[string]any) ([]byte, error) {

@@ -17,4 +17,6 @@ var (
 	errAttestation   = errors.New("workload attestation failed")
 	errSource        = errors.New("identities unavailable")
 	errUnimplemented = errors.New("not implemented by this agent")
+	// errExchangeLimited wraps an ErrRateLimited refusal of a token exchange.
+	errExchangeLimited = errors.New("too many token exchanges for this identity")
 )

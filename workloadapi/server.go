@@ -6,6 +6,10 @@
 // and the pin is checked again after attestation, so that selectors read for
 // a PID that meanwhile names another process are never used. The identities
 // come from a Source, the agent's caches.
+//
+// With an Exchanger, the same socket also serves tallyv1.TokenExchange
+// (RFC 8693 token exchange), with the same header check and attestation; the
+// agent forwards each exchange to the server for the caller's identity.
 package workloadapi
 
 import (
@@ -23,6 +27,7 @@ import (
 	"github.com/tallyid/tally/internal/logkey"
 	"github.com/tallyid/tally/internal/peercred"
 	"github.com/tallyid/tally/internal/unixsock"
+	tallyv1 "github.com/tallyid/tally/proto/tally/v1"
 )
 
 // Log keys.
@@ -51,6 +56,10 @@ type Config struct {
 	Metrics *Metrics
 	// Clock times the shutdown grace period. Default: the real clock.
 	Clock clock.Clock
+	// Exchanger, if set, is served as the tallyv1.TokenExchange service on
+	// the same socket (exchange.go). Nil: that service is not served
+	// (Unimplemented).
+	Exchanger Exchanger
 }
 
 // Server implements the SPIFFE Workload API (go-spiffe's
@@ -106,6 +115,9 @@ func (s *Server) Serve(ctx context.Context, socketPath string) error {
 		grpc.MaxRecvMsgSize(maxRecvMsgSize),
 	)
 	workload.RegisterSpiffeWorkloadAPIServer(gs, s)
+	if s.cfg.Exchanger != nil {
+		tallyv1.RegisterTokenExchangeServer(gs, exchangeServer{s: s})
+	}
 
 	s.log.Info("workload api serving", logkey.Socket, socketPath)
 	served := make(chan error, 1)

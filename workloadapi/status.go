@@ -36,6 +36,8 @@ var statuses = []struct {
 	{errNotReady, codes.Unavailable, errNotReady.Error(), slog.LevelInfo},
 	{errShuttingDown, codes.Unavailable, errShuttingDown.Error(), slog.LevelDebug},
 	{errAttestation, codes.Unavailable, errAttestation.Error(), slog.LevelWarn},
+	// Before ErrRateLimited, which it wraps, and errSource.
+	{errExchangeLimited, codes.ResourceExhausted, "too many token exchanges for this identity: retry later", slog.LevelDebug},
 	// Before errSource, which wraps every Source error. Debug: a flood would
 	// flood the log too; the agent counts these in a metric.
 	{ErrRateLimited, codes.ResourceExhausted, "too many new JWT-SVIDs for this identity: fresh audiences are rate-limited, retry later (audiences already fetched are still served)", slog.LevelDebug},

@@ -57,6 +57,10 @@ type NodeConfig struct {
 	AgentSVIDTTL time.Duration
 	// JWTIssuer, if set, is the iss claim of JWT-SVIDs.
 	JWTIssuer string
+	// Exchanger performs the token exchanges agents forward
+	// (ExchangeToken). Nil: the exchange is not configured and
+	// ExchangeToken is Unimplemented.
+	Exchanger Exchanger
 	Metrics   *Metrics
 	Clock     clock.WithTicker
 	Logger    *slog.Logger

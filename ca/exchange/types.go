@@ -3,22 +3,28 @@ package exchange
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // Token type URIs (RFC 8693 section 3, draft-ietf-oauth-transaction-tokens).
 const (
-	GrantType     = "urn:ietf:params:oauth:grant-type:token-exchange"
-	TypeJWT       = "urn:ietf:params:oauth:token-type:jwt"
-	TypeTxnToken  = "urn:ietf:params:oauth:token-type:txn_token"
-	TypeIDToken   = "urn:ietf:params:oauth:token-type:id_token"
-	TypeAccess    = "urn:ietf:params:oauth:token-type:access_token"
-	TxnTokenTyp   = "txntoken+jwt" // JOSE header typ of a Txn-Token
-	TokenTypeNA   = "N_A"          // token_type of every issued token
-	MaxTokenTTL   = 5 * 60         // seconds: no issued token lives longer
-	maxTokenBytes = 16 << 10       // a subject token longer than this is refused unparsed
+	GrantType    = "urn:ietf:params:oauth:grant-type:token-exchange"
+	TypeJWT      = "urn:ietf:params:oauth:token-type:jwt"
+	TypeTxnToken = "urn:ietf:params:oauth:token-type:txn_token"
+	TypeIDToken  = "urn:ietf:params:oauth:token-type:id_token"
+	TypeAccess   = "urn:ietf:params:oauth:token-type:access_token"
+	TxnTokenTyp  = "txntoken+jwt" // JOSE header typ of a Txn-Token
+	TokenTypeNA  = "N_A"          // token_type of every issued token
+
+	// MaxTokenBytes bounds a subject token or client assertion: a longer one
+	// is refused unparsed.
+	MaxTokenBytes = 16 << 10
 )
+
+// MaxTokenTTL is the longest an issued token lives.
+const MaxTokenTTL = 5 * time.Minute
 
 // How a caller proved its SPIFFE ID (the rctx authn value).
 const (

@@ -49,4 +49,15 @@ const (
 	PodUID      = "pod_uid"
 	ContainerID = "container_id"
 	Pods        = "pods"
+	// Actor, UserIssuer, UserSubject, Audience, Scope, Txn, Authn, Rule and
+	// Result describe a token exchange (never the tokens themselves).
+	Actor       = "actor"
+	UserIssuer  = "user_iss"
+	UserSubject = "user_sub"
+	Audience    = "audience"
+	Scope       = "scope"
+	Txn         = "txn"
+	Authn       = "authn"
+	Rule        = "rule"
+	Result      = "result"
 )

@@ -112,10 +112,11 @@ func (a *Agent) build(ctx context.Context) (_ *components, err error) {
 	}
 	c.runAttestors = runAttestors
 	if c.workload, err = workloadapi.New(workloadapi.Config{
-		Source:   c.cache,
-		Attestor: attestors,
-		Logger:   a.log.With(logkey.Component, "workload-api"),
-		Metrics:  workloadapi.NewMetrics(c.metrics),
+		Source:    c.cache,
+		Attestor:  attestors,
+		Logger:    a.log.With(logkey.Component, "workload-api"),
+		Metrics:   workloadapi.NewMetrics(c.metrics),
+		Exchanger: agent.NewExchanger(c.cache, c.session), // tallyv1.TokenExchange on the same socket
 	}); err != nil {
 		return nil, err
 	}

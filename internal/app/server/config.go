@@ -18,6 +18,7 @@ import (
 
 	"github.com/tallyid/tally/attest/k8spsat"
 	"github.com/tallyid/tally/ca"
+	"github.com/tallyid/tally/ca/exchange"
 	"github.com/tallyid/tally/internal/config"
 	"github.com/tallyid/tally/internal/logging"
 	tallyv1 "github.com/tallyid/tally/proto/tally/v1"
@@ -78,6 +79,10 @@ type Config struct {
 	// minutes); the apiserver's priority and fairness still applies.
 	PSATKubeQPS   float32 `yaml:"psat_kube_qps"`
 	PSATKubeBurst int     `yaml:"psat_kube_burst"`
+	// Exchange is the token-exchange policy (docs/delegation.md): trusted
+	// OIDC issuers and the rules of who may exchange for what. Without
+	// rules every exchange is refused.
+	Exchange exchange.Policy `yaml:"exchange"`
 	// LogLevel is debug, info, warn or error; LogFormat is json or text.
 	LogLevel  string `yaml:"log_level"`
 	LogFormat string `yaml:"log_format"`
@@ -207,6 +212,9 @@ func (c Config) Validate() error {
 	}
 	if c.PSATKubeBurst < 1 {
 		return fmt.Errorf("config: psat_kube_burst must be at least 1, got %d", c.PSATKubeBurst)
+	}
+	if err := c.Exchange.Validate(spiffeid.RequireTrustDomainFromString(c.TrustDomain)); err != nil {
+		return fmt.Errorf("config: %w", err)
 	}
 	return logging.Check(c.LogLevel, c.LogFormat)
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/tallyid/tally/attest/k8spsat"
 	"github.com/tallyid/tally/ca"
 	"github.com/tallyid/tally/ca/api"
+	"github.com/tallyid/tally/ca/exchange"
 	"github.com/tallyid/tally/ca/registry"
 	"github.com/tallyid/tally/ca/store"
 	"github.com/tallyid/tally/ca/store/badgerstore"
@@ -65,6 +66,7 @@ type components struct {
 	svid      *serverSVID
 	node      *api.Node
 	admin     *api.Admin
+	exchange  *exchange.Service
 	metrics   *prometheus.Registry
 
 	nodeLis            *nodeListener
@@ -164,6 +166,20 @@ func (s *Server) buildAPIs(c *components) error {
 		}
 		attestors[k8spsat.Type] = psat
 	}
+	var err error
+	c.exchange, err = exchange.New(exchange.Config{
+		TrustDomain: s.td,
+		Issuer:      cfg.JWTIssuer,
+		Signer:      c.authority,
+		Policy:      cfg.Exchange,
+		MaxTTL:      cfg.JWTSVIDTTL,
+		Metrics:     c.metrics,
+		Clock:       s.clock,
+		Logger:      s.log.With(logkey.Component, "exchange"),
+	})
+	if err != nil {
+		return err
+	}
 	metrics := api.NewMetrics(c.metrics)
 	c.node = api.NewNode(api.NodeConfig{
 		TrustDomain:  s.td,
@@ -173,6 +189,7 @@ func (s *Server) buildAPIs(c *components) error {
 		Attestors:    attestors,
 		AgentSVIDTTL: cfg.AgentSVIDTTL,
 		JWTIssuer:    cfg.JWTIssuer,
+		Exchanger:    c.exchange,
 		Metrics:      metrics,
 		Clock:        s.clock,
 		Logger:       s.log.With(logkey.Component, "node-api"),
@@ -234,12 +251,21 @@ func (s *Server) listen(c *components) error {
 		return fmt.Errorf("server: http_address: %w", err)
 	}
 	c.Add(c.httpsLis.Close)
+	mux := http.NewServeMux()
+	mux.Handle("/oauth2/", c.exchange.Handler())
+	mux.Handle("/", publicHandler(c.authority, cfg.JWTIssuer, s.log))
 	c.https = &http.Server{
-		Handler:           publicHandler(c.authority, cfg.JWTIssuer, s.log),
-		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: c.svid.GetCertificate},
+		Handler: mux,
+		TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: c.svid.GetCertificate,
+			// The token endpoint authenticates callers by their X509-SVID,
+			// verified there against the current bundle; the bundle and
+			// discovery documents need no client certificate.
+			ClientAuth: tls.RequestClientCert},
+		ConnContext:       exchange.ConnContext,
 		ReadHeaderTimeout: 10 * time.Second,
-		// Only GETs of a bundle or discovery document: no request needs
-		// more than a few KiB of headers or a long connection.
+		// GETs of a bundle or discovery document and token requests of at
+		// most 64 KiB: no request needs more than a few KiB of headers or
+		// a long read.
 		ReadTimeout:    30 * time.Second,
 		WriteTimeout:   30 * time.Second,
 		IdleTimeout:    2 * time.Minute,
