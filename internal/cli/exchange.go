@@ -3,18 +3,19 @@ package cli
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/spf13/cobra"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc/status"
 
 	"github.com/tallyid/tally/delegation"
 	"github.com/tallyid/tally/internal/text"
@@ -181,8 +182,9 @@ func readSubjectToken(cmd *cobra.Command, token, file string) (string, error) {
 	return t, nil
 }
 
-// exchangeError renders a refused exchange with its code and rule, and any
-// other error as the Admin API's are; the server's text is escaped.
+// exchangeError renders a refused exchange with its code and rule, a gRPC
+// error as rpcError does, and returns any other error as is; the server's
+// text is escaped.
 func exchangeError(err error) error {
 	var refused *delegation.ExchangeError
 	if errors.As(err, &refused) {
@@ -195,7 +197,14 @@ func exchangeError(err error) error {
 		}
 		return errors.New(msg)
 	}
-	return rpcError("exchange token", err)
+	var rpcErr interface {
+		error
+		GRPCStatus() *status.Status
+	}
+	if errors.As(err, &rpcErr) {
+		return rpcError("exchange token", rpcErr)
+	}
+	return err
 }
 
 // exchangeJSON is the output of exchange: the RFC 8693 response, and the
@@ -254,7 +263,7 @@ func writeExchange(w io.Writer, out exchangeJSON) error {
 	f := newFields(w)
 	f.add("Issued token type", out.IssuedTokenType)
 	f.add("Token type", out.TokenType)
-	f.add("Expires in", ttlText(out.ExpiresIn))
+	f.add("Expires in", (time.Duration(out.ExpiresIn) * time.Second).String())
 	f.addIf("Scope", out.Scope)
 	if err := f.flush(); err != nil {
 		return err
@@ -276,6 +285,3 @@ func writeExchange(w io.Writer, out exchangeJSON) error {
 	_, err := fmt.Fprintf(w, "Token:\n%s\n", text.Printable(out.AccessToken))
 	return err
 }
-
-// Unexported so that the json fields above are all of the output.
-var _ = json.Marshal

@@ -91,6 +91,7 @@ permissions are the authorization.`,
 		a.newJWTCommand(),
 		a.newHealthcheckCommand(),
 		a.newSVIDCommand(),
+		a.newExchangeCommand(),
 	)
 	return root
 }
