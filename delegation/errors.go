@@ -18,4 +18,8 @@ var (
 	// an actor that is not a SPIFFE ID, or its outermost actor is not the
 	// workload that sent the token.
 	ErrActorChain = errors.New("invalid actor chain")
+
+	// ErrWrongSender: a JWT-SVID came over mutual TLS from a workload other
+	// than its sub: it was replayed.
+	ErrWrongSender = errors.New("token sent by another workload than its subject")
 )

@@ -1,8 +1,11 @@
 package delegation
 
 import (
+	"fmt"
 	"net/http"
 	"strings"
+
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
 // Middleware returns a handler that verifies the delegated token of each
@@ -21,6 +24,12 @@ import (
 //   - a header given twice or an empty Bearer credential: 400 with
 //     error="invalid_request".
 //
+// A JWT-SVID is bound to its sender: when the request came over mutual TLS
+// with an X509-SVID, the token's sub must be the peer's SPIFFE ID, so a
+// delegated token one workload received cannot be replayed by another
+// (401 invalid_token). A Txn-Token is not bound: by the draft it travels the
+// whole call chain of its trust domain.
+//
 // The reason of a refusal is logged with WithLogger's logger.
 func (v *Verifier) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -37,6 +46,9 @@ func (v *Verifier) Middleware(next http.Handler) http.Handler {
 		} else {
 			t, err = v.VerifyJWTSVID(token)
 		}
+		if err == nil && kind == JWTSVID {
+			err = checkSender(r, t)
+		}
 		if err != nil {
 			v.log.Info("delegation: token refused", "kind", kind.String(), "error", err)
 			refuse(w, http.StatusUnauthorized, `Bearer error="invalid_token"`, "invalid token")
@@ -44,6 +56,22 @@ func (v *Verifier) Middleware(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r.WithContext(NewContext(r.Context(), t)))
 	})
+}
+
+// checkSender checks that a JWT-SVID came from the workload it names: the
+// mTLS peer, if the request has one.
+func checkSender(r *http.Request, t *Token) error {
+	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+		return nil
+	}
+	peer, err := x509svid.IDFromCert(r.TLS.PeerCertificates[0])
+	if err != nil {
+		return fmt.Errorf("delegation: the TLS peer has no SPIFFE ID: %w", err)
+	}
+	if peer != t.Subject {
+		return fmt.Errorf("delegation: token of %s sent by %s: %w", t.Subject, peer, ErrWrongSender)
+	}
+	return nil
 }
 
 // readToken returns the request's token and its kind, or writes the refusal

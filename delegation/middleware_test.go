@@ -1,9 +1,12 @@
 package delegation
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
 
@@ -126,4 +129,34 @@ func TestMiddlewareLogsReasonNotToken(t *testing.T) {
 	require.Equal(t, 401, w.Code)
 	require.Contains(t, logs.String(), "no usr")
 	require.NotContains(t, logs.String(), bad[:20])
+}
+
+// A JWT-SVID sent over mTLS must come from its sub; a Txn-Token travels the
+// call chain and is not bound to the peer.
+func TestMiddlewareBindsJWTSVIDToTheTLSPeer(t *testing.T) {
+	fx := newVerifyFixture(t)
+	jwtSVID := fx.ca.sign(t, "JWT", jwtSVIDClaims(fx.now))
+	txnToken := fx.ca.sign(t, "txntoken+jwt", txnTokenClaims(fx.now))
+	h := fx.verifier.Middleware(echoHandler)
+	from := func(id string, header http.Header) *httptest.ResponseRecorder {
+		r := httptest.NewRequest(http.MethodGet, "/orders", nil)
+		r.Header = header
+		r.TLS = &tls.ConnectionState{PeerCertificates: []*x509.Certificate{{URIs: []*url.URL{mustURL(t, id)}}}}
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		return w
+	}
+	bearer := http.Header{"Authorization": {"Bearer " + jwtSVID}}
+	require.Equal(t, http.StatusOK, from("spiffe://example.org/frontend", bearer).Code)
+	replayed := from("spiffe://example.org/intruder", bearer)
+	require.Equal(t, http.StatusUnauthorized, replayed.Code)
+	require.Equal(t, `Bearer error="invalid_token"`, replayed.Header().Get("WWW-Authenticate"))
+	require.Equal(t, http.StatusOK, from("spiffe://example.org/intruder", http.Header{"Txn-Token": {txnToken}}).Code)
+}
+
+func mustURL(t *testing.T, s string) *url.URL {
+	t.Helper()
+	u, err := url.Parse(s)
+	require.NoError(t, err)
+	return u
 }
