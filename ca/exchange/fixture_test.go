@@ -43,7 +43,7 @@ const (
 )
 
 // newAuthority is a real authority on a real badger store.
-func newAuthority(t *testing.T) *ca.Authority {
+func newAuthority(t testing.TB) *ca.Authority {
 	t.Helper()
 	dir := t.TempDir()
 	st, err := badgerstore.Open(badgerstore.Config{Dir: filepath.Join(dir, "store"), Logger: slog.New(slog.DiscardHandler)})
@@ -65,7 +65,7 @@ type idp struct {
 	fetch int // JWKS fetches
 }
 
-func newIDP(t *testing.T) *idp {
+func newIDP(t testing.TB) *idp {
 	t.Helper()
 	p := &idp{}
 	var err error
@@ -107,7 +107,7 @@ func (p *idp) userClaims(sub string) map[string]any {
 
 // sign signs claims as alg with kid; alg RS256 and ES256 use the issuer's
 // keys.
-func (p *idp) sign(t *testing.T, alg jose.SignatureAlgorithm, kid string, claims map[string]any) string {
+func (p *idp) sign(t testing.TB, alg jose.SignatureAlgorithm, kid string, claims map[string]any) string {
 	t.Helper()
 	var key any
 	switch alg {
@@ -129,12 +129,12 @@ func (p *idp) sign(t *testing.T, alg jose.SignatureAlgorithm, kid string, claims
 	return tok
 }
 
-func (p *idp) token(t *testing.T, sub string) string {
+func (p *idp) token(t testing.TB, sub string) string {
 	return p.sign(t, jose.RS256, "rsa-1", p.userClaims(sub))
 }
 
 // rawToken assembles header.payload.signature by hand (alg none, HS256).
-func rawToken(t *testing.T, header, claims map[string]any, sign func(input []byte) []byte) string {
+func rawToken(t testing.TB, header, claims map[string]any, sign func(input []byte) []byte) string {
 	t.Helper()
 	h, err := json.Marshal(header)
 	require.NoError(t, err)
@@ -167,7 +167,7 @@ type fixture struct {
 	log *bytes.Buffer
 }
 
-func newFixture(t *testing.T, edit ...func(*Policy)) *fixture {
+func newFixture(t testing.TB, edit ...func(*Policy)) *fixture {
 	t.Helper()
 	f := &fixture{a: newAuthority(t), idp: newIDP(t), log: &bytes.Buffer{}}
 	pol := testPolicy(f.idp.url())
@@ -200,7 +200,7 @@ func (f *fixture) exchange(c spiffeid.ID, r Request) (Response, error) {
 }
 
 // svid is an X509-SVID for id from the authority, as a TLS certificate.
-func (f *fixture) svid(t *testing.T, id spiffeid.ID) tls.Certificate {
+func (f *fixture) svid(t testing.TB, id spiffeid.ID) tls.Certificate {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	require.NoError(t, err)
@@ -214,7 +214,7 @@ func (f *fixture) svid(t *testing.T, id spiffeid.ID) tls.Certificate {
 }
 
 // payload decodes a token's claims without verifying it.
-func payload(t *testing.T, tok string) map[string]any {
+func payload(t testing.TB, tok string) map[string]any {
 	t.Helper()
 	parts := strings.Split(tok, ".")
 	require.Len(t, parts, 3)
@@ -225,7 +225,7 @@ func payload(t *testing.T, tok string) map[string]any {
 	return m
 }
 
-func header(t *testing.T, tok string) map[string]any {
+func header(t testing.TB, tok string) map[string]any {
 	t.Helper()
 	raw, err := base64.RawURLEncoding.DecodeString(strings.Split(tok, ".")[0])
 	require.NoError(t, err)

@@ -11,7 +11,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -133,7 +132,7 @@ func (s *Service) authenticate(r *http.Request) (Caller, error) {
 type peerAuth struct {
 	mu     sync.Mutex
 	leaf   *x509.Certificate
-	bundle *spiffebundle.Bundle
+	bundle uint64 // the sequence number of the bundle that verified it
 	id     spiffeid.ID
 }
 
@@ -150,12 +149,13 @@ func ConnContext(ctx context.Context, _ net.Conn) context.Context {
 // certificate stay the same and the certificate is valid.
 func (s *Service) verifyPeer(ctx context.Context, certs []*x509.Certificate) (spiffeid.ID, error) {
 	b := s.cfg.Signer.Bundle()
+	seq, _ := b.SequenceNumber()
 	now := s.cfg.Clock.Now()
 	pa, _ := ctx.Value(peerAuthKey{}).(*peerAuth)
 	if pa != nil {
 		pa.mu.Lock()
 		defer pa.mu.Unlock()
-		if pa.leaf == certs[0] && pa.bundle == b && now.Before(pa.leaf.NotAfter) {
+		if pa.leaf == certs[0] && pa.bundle == seq && now.Before(pa.leaf.NotAfter) {
 			return pa.id, nil
 		}
 	}
@@ -164,7 +164,7 @@ func (s *Service) verifyPeer(ctx context.Context, certs []*x509.Certificate) (sp
 		return spiffeid.ID{}, refuse(CodeInvalidClient, "client certificate is not a valid X509-SVID: %w", err)
 	}
 	if pa != nil {
-		pa.leaf, pa.bundle, pa.id = certs[0], b, id
+		pa.leaf, pa.bundle, pa.id = certs[0], seq, id
 	}
 	return id, nil
 }

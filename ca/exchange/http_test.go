@@ -20,7 +20,7 @@ import (
 
 // endpoint serves the Handler over real TLS with the server's SVID,
 // requesting client certificates as tally-server does.
-func (f *fixture) endpoint(t *testing.T) *httptest.Server {
+func (f *fixture) endpoint(t testing.TB) *httptest.Server {
 	t.Helper()
 	srvCert := f.svid(t, spiffeid.RequireFromString("spiffe://example.org/tally/server"))
 	srv := httptest.NewUnstartedServer(f.svc.Handler())
@@ -50,7 +50,7 @@ func post(t *testing.T, c *http.Client, u string, form url.Values) (int, map[str
 	return resp.StatusCode, body, resp.Header
 }
 
-func (f *fixture) form(t *testing.T) url.Values {
+func (f *fixture) form(t testing.TB) url.Values {
 	return url.Values{"grant_type": {GrantType}, "subject_token": {f.idp.token(t, "bob")},
 		"subject_token_type": {TypeIDToken}, "audience": {todos.String()}, "scope": {"todos.read"}}
 }

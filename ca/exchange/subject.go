@@ -2,6 +2,7 @@ package exchange
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/tallyid/tally/ca"
+	"github.com/tallyid/tally/internal/text"
 )
 
 // subject is a verified subject token.
@@ -34,42 +36,33 @@ var signedAlgs = []jose.SignatureAlgorithm{jose.ES256, jose.RS256}
 // verifySubject verifies r's subject token for caller: a Tally token issued
 // to the caller, or a user's token from a configured issuer.
 func (s *Service) verifySubject(ctx context.Context, c Caller, r Request, requested string) (*subject, error) {
-	tok, err := jwt.ParseSigned(r.SubjectToken, signedAlgs)
+	h, claims, err := peek(r.SubjectToken)
 	if err != nil {
-		return nil, refuse(CodeInvalidGrant, "subject token: %s", joseReason(err))
+		return nil, err
 	}
-	var peek struct {
-		Issuer string `json:"iss"`
+	iss, _ := claims["iss"].(string)
+	if iss == s.cfg.Issuer {
+		return s.verifyTally(r, requested, h, c)
 	}
-	if err := tok.UnsafeClaimsWithoutVerification(&peek); err != nil {
-		return nil, refuse(CodeInvalidGrant, "subject token: claims are not a JSON object")
-	}
-	typ, _ := tok.Headers[0].ExtraHeaders[jose.HeaderType].(string)
-	if peek.Issuer == s.cfg.Issuer {
-		return s.verifyTally(r, requested, tok, typ, c)
-	}
-	is, ok := s.issuers[peek.Issuer]
+	is, ok := s.issuers[iss]
 	if !ok {
-		return nil, refuse(CodeInvalidGrant, "subject token issuer %q is not trusted", peek.Issuer)
+		return nil, refuse(CodeInvalidGrant, "subject token issuer %q is not trusted", text.Printable(iss))
 	}
-	if typ == ca.TxnTokenType {
-		return nil, refuse(CodeInvalidGrant, "subject token: a Txn-Token from issuer %q", peek.Issuer)
+	if h.Typ == ca.TxnTokenType {
+		return nil, refuse(CodeInvalidGrant, "subject token: a Txn-Token from issuer %q", iss)
 	}
 	switch r.SubjectTokenType {
 	case TypeIDToken, TypeAccess, TypeJWT:
 	default:
-		return nil, refuse(CodeInvalidRequest, "subject_token_type %s does not fit a token from issuer %s", r.SubjectTokenType, peek.Issuer)
+		return nil, refuse(CodeInvalidRequest, "subject_token_type %s does not fit a token from issuer %s", r.SubjectTokenType, iss)
 	}
-	id, err := is.verify(ctx, r.SubjectToken)
+	// go-oidc verifies the very bytes claims was decoded from.
+	id, err := is.verify(ctx, r.SubjectToken, claims)
 	if err != nil {
 		if errors.Is(err, errUnavailable) {
 			return nil, refuse(CodeUnavailable, "%w", err)
 		}
 		return nil, refuse(CodeInvalidGrant, "subject token: %w", err)
-	}
-	var claims map[string]any
-	if err := id.Claims(&claims); err != nil {
-		return nil, refuse(CodeInvalidGrant, "subject token: claims: %w", err)
 	}
 	if err := checkMayAct(claims, c.ID); err != nil {
 		return nil, err
@@ -78,6 +71,37 @@ func (s *Service) verifySubject(ctx context.Context, c Caller, r Request, reques
 		delete(claims, k)
 	}
 	return &subject{user: User{Issuer: id.Issuer, Subject: id.Subject, Claims: claims}, expiry: id.Expiry}, nil
+}
+
+// joseHeader is what a subject token's header must say.
+type joseHeader struct {
+	Alg string `json:"alg"`
+	Kid string `json:"kid"`
+	Typ string `json:"typ"`
+}
+
+// peek decodes a compact JWS's header and claims, unverified, to decide how
+// to verify it: the algorithm must be one of signedAlgs, the claims a JSON
+// object.
+func peek(token string) (joseHeader, map[string]any, error) {
+	var h joseHeader
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 {
+		return h, nil, refuse(CodeInvalidGrant, "subject token: malformed token (want a compact JWS of three parts)")
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(parts[0])
+	if err != nil || json.Unmarshal(raw, &h) != nil {
+		return h, nil, refuse(CodeInvalidGrant, "subject token: malformed header")
+	}
+	if !slices.Contains(signedAlgs, jose.SignatureAlgorithm(h.Alg)) {
+		return h, nil, refuse(CodeInvalidGrant, "subject token: unsupported signature algorithm %q (ES256 or RS256 only)", text.Printable(h.Alg))
+	}
+	var claims map[string]any
+	raw, err = base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil || json.Unmarshal(raw, &claims) != nil || claims == nil {
+		return h, nil, refuse(CodeInvalidGrant, "subject token: claims are not a JSON object")
+	}
+	return h, claims, nil
 }
 
 // checkMayAct enforces a user token's may_act claim (RFC 8693 section 4.4),
@@ -99,15 +123,19 @@ func checkMayAct(claims map[string]any, caller spiffeid.ID) error {
 // expired, and issued to the caller: a JWT-SVID whose aud holds the caller's
 // SPIFFE ID, or a Txn-Token of this trust domain, which may only be replaced
 // by another Txn-Token. It must carry a user, a txn and an actor chain.
-func (s *Service) verifyTally(r Request, requested string, tok *jwt.JSONWebToken, typ string, c Caller) (*subject, error) {
-	h := tok.Headers[0]
-	key, ok := s.cfg.Signer.Bundle().FindJWTAuthority(h.KeyID)
+func (s *Service) verifyTally(r Request, requested string, h joseHeader, c Caller) (*subject, error) {
+	key, ok := s.cfg.Signer.Bundle().FindJWTAuthority(h.Kid)
 	if !ok {
-		return nil, refuse(CodeInvalidGrant, "subject token is signed by key %q, which is not in the trust bundle (unknown or revoked)", h.KeyID)
+		return nil, refuse(CodeInvalidGrant, "subject token is signed by key %q, which is not in the trust bundle (unknown or revoked)", text.Printable(h.Kid))
 	}
-	if h.Algorithm != string(jose.ES256) {
-		return nil, refuse(CodeInvalidGrant, "subject token: Tally signs with ES256, not %s", h.Algorithm)
+	if h.Alg != string(jose.ES256) {
+		return nil, refuse(CodeInvalidGrant, "subject token: Tally signs with ES256, not %s", h.Alg)
 	}
+	tok, err := jwt.ParseSigned(r.SubjectToken, []jose.SignatureAlgorithm{jose.ES256})
+	if err != nil {
+		return nil, refuse(CodeInvalidGrant, "subject token: %s", joseReason(err))
+	}
+	typ := h.Typ
 	var cl tallyClaims
 	if err := tok.Claims(key, &cl); err != nil {
 		return nil, refuse(CodeInvalidGrant, "subject token: %s", joseReason(err))
