@@ -316,3 +316,21 @@ func tamper(t *testing.T, tok, claim string, value any) string {
 	fp := strings.Split(forged, ".")
 	return fp[0] + "." + fp[1] + "." + parts[2]
 }
+
+// A token signed by a key the issuer published after its JWKS was cached:
+// go-oidc fetches the JWKS again for the unknown kid.
+func TestIssuerKeyRotation(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	_, err := f.exchange(shares, Request{SubjectToken: f.idp.token(t, "bob"), SubjectTokenType: TypeIDToken, Audience: []string{todos.String()}})
+	require.NoError(t, err)
+	before := f.idp.fetches()
+	f.idp.rotate(t)
+	_, err = f.exchange(shares, Request{SubjectToken: f.idp.sign(t, jose.RS256, "rsa-2", f.idp.userClaims("bob")), SubjectTokenType: TypeIDToken, Audience: []string{todos.String()}})
+	require.NoError(t, err)
+	assert.Greater(t, f.idp.fetches(), before, "the JWKS was fetched again")
+	after := f.idp.fetches()
+	_, err = f.exchange(shares, Request{SubjectToken: f.idp.sign(t, jose.RS256, "rsa-2", f.idp.userClaims("bob")), SubjectTokenType: TypeIDToken, Audience: []string{todos.String()}})
+	require.NoError(t, err)
+	assert.Equal(t, after, f.idp.fetches(), "and cached again")
+}

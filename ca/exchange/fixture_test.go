@@ -61,13 +61,14 @@ type idp struct {
 	srv   *httptest.Server
 	rsa   *rsa.PrivateKey
 	ec    *ecdsa.PrivateKey
-	mu    sync.Mutex
-	fetch int // JWKS fetches
+	mu     sync.Mutex
+	fetch  int    // JWKS fetches
+	rsaKid string // the RSA key's kid: rsa-1, rsa-2 after rotate
 }
 
 func newIDP(t testing.TB) *idp {
 	t.Helper()
-	p := &idp{}
+	p := &idp{rsaKid: "rsa-1"}
 	var err error
 	p.rsa, err = rsa.GenerateKey(rand.Reader, 2048)
 	require.NoError(t, err)
@@ -84,8 +85,11 @@ func newIDP(t testing.TB) *idp {
 		p.mu.Lock()
 		p.fetch++
 		p.mu.Unlock()
+		p.mu.Lock()
+		kid, pub := p.rsaKid, p.rsa.Public()
+		p.mu.Unlock()
 		_ = json.NewEncoder(w).Encode(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{
-			{Key: p.rsa.Public(), KeyID: "rsa-1", Algorithm: "RS256", Use: "sig"},
+			{Key: pub, KeyID: kid, Algorithm: "RS256", Use: "sig"},
 			{Key: p.ec.Public(), KeyID: "ec-1", Algorithm: "ES256", Use: "sig"},
 		}})
 	})
@@ -95,6 +99,21 @@ func newIDP(t testing.TB) *idp {
 }
 
 func (p *idp) url() string { return p.srv.URL }
+
+// rotate replaces the RSA key with a new one, kid rsa-2.
+func (p *idp) rotate(t testing.TB) {
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	require.NoError(t, err)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.rsa, p.rsaKid = key, "rsa-2"
+}
+
+func (p *idp) fetches() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.fetch
+}
 
 // userClaims are Bob's claims as the issuer signs them.
 func (p *idp) userClaims(sub string) map[string]any {
@@ -112,7 +131,9 @@ func (p *idp) sign(t testing.TB, alg jose.SignatureAlgorithm, kid string, claims
 	var key any
 	switch alg {
 	case jose.RS256:
+		p.mu.Lock()
 		key = p.rsa
+		p.mu.Unlock()
 	case jose.ES256:
 		key = p.ec
 	default:

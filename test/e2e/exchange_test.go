@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -109,6 +112,31 @@ func TestTokenExchange(t *testing.T) {
 	// The bundle and discovery documents still need no client certificate.
 	var doc map[string]any
 	harness.GetJSON(t, noSVID, "https://"+s.HTTPAddr+"/.well-known/openid-configuration", &doc)
+
+	// tallyctl exchange, for debugging: the token on standard input.
+	cmd := exec.Command(filepath.Join(harness.Binaries(t), "tallyctl"), "exchange", "--socket-path", a.Addr(),
+		"--subject-token-file", "-", "--subject-token-type", "id_token", "--audience", todos, "-o", "json")
+	cmd.Stdin = strings.NewReader(bob.IDToken)
+	out, err := cmd.Output()
+	require.NoError(t, err, "%s", out)
+	var ctl map[string]any
+	require.NoError(t, json.Unmarshal(out, &ctl))
+	assert.Equal(t, exchange.TypeJWT, ctl["issued_token_type"])
+	assert.Equal(t, "spiffe://example.org/web", ctl["claims"].(map[string]any)["sub"])
+
+	var metrics string
+	require.Eventually(t, func() bool {
+		resp, err := http.Get("http://" + s.HealthAddr + "/metrics")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		raw, _ := io.ReadAll(resp.Body)
+		metrics = string(raw)
+		return strings.Contains(metrics, `tally_server_token_exchanges_total{result="invalid_scope",token_type="jwt"} 1`)
+	}, 10*time.Second, 100*time.Millisecond, "every exchange is a metric")
+	assert.Contains(t, metrics, `tally_server_token_exchanges_total{result="ok",token_type="txn_token"} 1`)
+	assert.Contains(t, metrics, `tally_server_token_exchanges_total{result="invalid_client",token_type="jwt"} 1`)
 
 	log := s.Log()
 	for _, secret := range []string{bob.IDToken, bob.AccessToken, issued.Token, txn.Token} {
