@@ -7,7 +7,6 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -73,8 +72,7 @@ exchange:
 	resp, err := agent.Node.BatchNewX509SVID(ctx, &tallyv1.BatchNewX509SVIDRequest{Requests: []*tallyv1.X509SVIDRequest{{
 		EntryId: created.GetEntries()[0].GetId(), Csr: harness.CSR(b, key, []string{"spiffe://example.org/bench"}, nil)}}})
 	require.NoError(b, err)
-	svid, err := x509svid.ParseRaw(concatDER(resp.GetResults()[0].GetCertChain()), pkcs8(b, key))
-	require.NoError(b, err)
+	svid := harness.SVID(b, resp.GetResults()[0].GetCertChain(), key)
 	bundle := s.Bundle(b)
 	client := &http.Client{Transport: &http.Transport{
 		TLSClientConfig:     tlsconfig.MTLSClientConfig(staticSVID{svid}, bundle, tlsconfig.AuthorizeID(s.ServerID())),
@@ -258,17 +256,3 @@ func (is *benchIssuer) floor(t testing.TB, alg jose.SignatureAlgorithm, subject 
 type staticSVID struct{ svid *x509svid.SVID }
 
 func (s staticSVID) GetX509SVID() (*x509svid.SVID, error) { return s.svid, nil }
-
-func concatDER(chain [][]byte) []byte {
-	var out []byte
-	for _, c := range chain {
-		out = append(out, c...)
-	}
-	return out
-}
-
-func pkcs8(t testing.TB, key crypto.PrivateKey) []byte {
-	der, err := x509.MarshalPKCS8PrivateKey(key)
-	require.NoError(t, err)
-	return der
-}

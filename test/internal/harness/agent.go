@@ -68,8 +68,7 @@ func (s *Server) Attest(t testing.TB, typ string, data []byte) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	svid, err := x509svid.ParseRaw(concat(resp.GetSvidChain()), mustPKCS8(t, key))
-	require.NoError(t, err)
+	svid := SVID(t, resp.GetSvidChain(), key)
 	b, err := spiffebundle.Parse(s.TrustDomain, resp.GetBundle())
 	require.NoError(t, err)
 	return &Agent{
@@ -88,17 +87,16 @@ func (s *Server) NewToken(t testing.TB, alias string) string {
 	return resp.GetToken()
 }
 
-func concat(chain [][]byte) []byte {
-	var out []byte
-	for _, c := range chain {
-		out = append(out, c...)
-	}
-	return out
-}
-
-func mustPKCS8(t testing.TB, key crypto.PrivateKey) []byte {
+// SVID parses a DER certificate chain and the key it was issued for.
+func SVID(t testing.TB, chain [][]byte, key crypto.PrivateKey) *x509svid.SVID {
 	t.Helper()
+	var certs []byte
+	for _, c := range chain {
+		certs = append(certs, c...)
+	}
 	der, err := x509.MarshalPKCS8PrivateKey(key)
 	require.NoError(t, err)
-	return der
+	svid, err := x509svid.ParseRaw(certs, der)
+	require.NoError(t, err)
+	return svid
 }
