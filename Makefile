@@ -4,7 +4,7 @@ BIN      := $(CURDIR)/bin
 GOFLAGS  ?= -buildvcs=false
 export GOFLAGS
 
-.PHONY: all build test bench run proto vet clean spire k8s
+.PHONY: all build test bench run demo-todos proto vet clean spire k8s
 
 all: build
 
@@ -29,6 +29,9 @@ bench: build spire k8s ## benchmarks: signing vs the raw crypto floor, entry cre
 
 run: build ## a local trust domain in a temp dir; Ctrl-C stops it
 	./scripts/run-local.sh
+
+demo-todos: build ## the todos demo (examples/todos): mTLS between services, requests on a user's behalf; DEMO_STAY=1 keeps it running
+	./scripts/demo-todos.sh
 
 proto: ## regenerate proto/tally/v1 (needs protoc, protoc-gen-go, protoc-gen-go-grpc)
 	./proto/gen.sh
