@@ -56,9 +56,14 @@ type AdminConfig struct {
 	JWTIssuer string
 	// DefaultTokenTTL (10m) and MaxTokenTTL (24h) bound join tokens.
 	DefaultTokenTTL, MaxTokenTTL time.Duration
-	Metrics                      *Metrics
-	Clock                        clock.PassiveClock
-	Logger                       *slog.Logger
+	// Rotation serves the authority RPCs; Records the issuance history;
+	// DashboardTokens the dashboard tokens. Nil: those RPCs are Unimplemented.
+	Rotation        Rotation
+	Records         Recorder
+	DashboardTokens DashboardTokens
+	Metrics         *Metrics
+	Clock           clock.PassiveClock
+	Logger          *slog.Logger
 }
 
 // Admin implements tallyv1.AdminServer.

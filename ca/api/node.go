@@ -76,6 +76,12 @@ type NodeConfig struct {
 	// MaxAttestationsPerPeer those from one IP address (default 16); a call
 	// waits for a place up to AttestWait (default 10s), then gets
 	// ResourceExhausted.
+	// Records, if set, records every issuance and attestation; Fleet, if
+	// set, receives agents' ReportSVIDs; Tainted, if set, lists the tainted
+	// X.509 CA keys sent to agents with the bundle.
+	Records                Recorder
+	Fleet                  Fleet
+	Tainted                func() []string
 	MaxAttestations        int
 	MaxAttestationsPerPeer int
 	AttestWait             time.Duration

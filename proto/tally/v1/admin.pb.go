@@ -1095,7 +1095,7 @@ var File_tally_v1_admin_proto protoreflect.FileDescriptor
 
 const file_tally_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x14tally/v1/admin.proto\x12\btally.v1\x1a\x14tally/v1/types.proto\"F\n" +
+	"\x14tally/v1/admin.proto\x12\btally.v1\x1a\x14tally/v1/types.proto\x1a\x12tally/v1/ops.proto\"F\n" +
 	"\x19BatchCreateEntriesRequest\x12)\n" +
 	"\aentries\x18\x01 \x03(\v2\x0f.tally.v1.EntryR\aentries\"G\n" +
 	"\x1aBatchCreateEntriesResponse\x12)\n" +
@@ -1160,7 +1160,7 @@ const file_tally_v1_admin_proto_rawDesc = "" +
 	"\x13MintJWTSVIDResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1d\n" +
 	"\n" +
-	"expires_at\x18\x02 \x01(\x03R\texpiresAt2\xc6\a\n" +
+	"expires_at\x18\x02 \x01(\x03R\texpiresAt2\xf0\v\n" +
 	"\x05Admin\x12_\n" +
 	"\x12BatchCreateEntries\x12#.tally.v1.BatchCreateEntriesRequest\x1a$.tally.v1.BatchCreateEntriesResponse\x126\n" +
 	"\bGetEntry\x12\x19.tally.v1.GetEntryRequest\x1a\x0f.tally.v1.Entry\x12J\n" +
@@ -1176,7 +1176,14 @@ const file_tally_v1_admin_proto_rawDesc = "" +
 	"\bBanAgent\x12\x19.tally.v1.BanAgentRequest\x1a\x0f.tally.v1.Agent\x12D\n" +
 	"\tGetBundle\x12\x1a.tally.v1.GetBundleRequest\x1a\x1b.tally.v1.GetBundleResponse\x12M\n" +
 	"\fMintX509SVID\x12\x1d.tally.v1.MintX509SVIDRequest\x1a\x1e.tally.v1.MintX509SVIDResponse\x12J\n" +
-	"\vMintJWTSVID\x12\x1c.tally.v1.MintJWTSVIDRequest\x1a\x1d.tally.v1.MintJWTSVIDResponseB1Z/github.com/tallyid/tally/proto/tally/v1;tallyv1b\x06proto3"
+	"\vMintJWTSVID\x12\x1c.tally.v1.MintJWTSVIDRequest\x1a\x1d.tally.v1.MintJWTSVIDResponse\x12M\n" +
+	"\fGetAuthority\x12\x1d.tally.v1.GetAuthorityRequest\x1a\x1e.tally.v1.GetAuthorityResponse\x12G\n" +
+	"\x10PrepareAuthority\x12\x1a.tally.v1.AuthorityRequest\x1a\x17.tally.v1.AuthoritySlot\x12H\n" +
+	"\x11ActivateAuthority\x12\x1a.tally.v1.AuthorityRequest\x1a\x17.tally.v1.AuthoritySlot\x12E\n" +
+	"\x0eTaintAuthority\x12\x1a.tally.v1.AuthorityRequest\x1a\x17.tally.v1.AuthoritySlot\x12F\n" +
+	"\x0fRevokeAuthority\x12\x1a.tally.v1.AuthorityRequest\x1a\x17.tally.v1.AuthoritySlot\x12P\n" +
+	"\rListIssuances\x12\x1e.tally.v1.ListIssuancesRequest\x1a\x1f.tally.v1.ListIssuancesResponse\x12e\n" +
+	"\x14CreateDashboardToken\x12%.tally.v1.CreateDashboardTokenRequest\x1a&.tally.v1.CreateDashboardTokenResponseB1Z/github.com/tallyid/tally/proto/tally/v1;tallyv1b\x06proto3"
 
 var (
 	file_tally_v1_admin_proto_rawDescOnce sync.Once
@@ -1192,31 +1199,39 @@ func file_tally_v1_admin_proto_rawDescGZIP() []byte {
 
 var file_tally_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_tally_v1_admin_proto_goTypes = []any{
-	(*BatchCreateEntriesRequest)(nil),  // 0: tally.v1.BatchCreateEntriesRequest
-	(*BatchCreateEntriesResponse)(nil), // 1: tally.v1.BatchCreateEntriesResponse
-	(*GetEntryRequest)(nil),            // 2: tally.v1.GetEntryRequest
-	(*ListEntriesRequest)(nil),         // 3: tally.v1.ListEntriesRequest
-	(*ListEntriesResponse)(nil),        // 4: tally.v1.ListEntriesResponse
-	(*UpdateEntryRequest)(nil),         // 5: tally.v1.UpdateEntryRequest
-	(*BatchDeleteEntriesRequest)(nil),  // 6: tally.v1.BatchDeleteEntriesRequest
-	(*BatchDeleteEntriesResponse)(nil), // 7: tally.v1.BatchDeleteEntriesResponse
-	(*CreateJoinTokenRequest)(nil),     // 8: tally.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil),    // 9: tally.v1.CreateJoinTokenResponse
-	(*ListAgentsRequest)(nil),          // 10: tally.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),         // 11: tally.v1.ListAgentsResponse
-	(*GetAgentRequest)(nil),            // 12: tally.v1.GetAgentRequest
-	(*EvictAgentRequest)(nil),          // 13: tally.v1.EvictAgentRequest
-	(*EvictAgentResponse)(nil),         // 14: tally.v1.EvictAgentResponse
-	(*BanAgentRequest)(nil),            // 15: tally.v1.BanAgentRequest
-	(*GetBundleRequest)(nil),           // 16: tally.v1.GetBundleRequest
-	(*GetBundleResponse)(nil),          // 17: tally.v1.GetBundleResponse
-	(*MintX509SVIDRequest)(nil),        // 18: tally.v1.MintX509SVIDRequest
-	(*MintX509SVIDResponse)(nil),       // 19: tally.v1.MintX509SVIDResponse
-	(*MintJWTSVIDRequest)(nil),         // 20: tally.v1.MintJWTSVIDRequest
-	(*MintJWTSVIDResponse)(nil),        // 21: tally.v1.MintJWTSVIDResponse
-	(*Entry)(nil),                      // 22: tally.v1.Entry
-	(*Selector)(nil),                   // 23: tally.v1.Selector
-	(*Agent)(nil),                      // 24: tally.v1.Agent
+	(*BatchCreateEntriesRequest)(nil),    // 0: tally.v1.BatchCreateEntriesRequest
+	(*BatchCreateEntriesResponse)(nil),   // 1: tally.v1.BatchCreateEntriesResponse
+	(*GetEntryRequest)(nil),              // 2: tally.v1.GetEntryRequest
+	(*ListEntriesRequest)(nil),           // 3: tally.v1.ListEntriesRequest
+	(*ListEntriesResponse)(nil),          // 4: tally.v1.ListEntriesResponse
+	(*UpdateEntryRequest)(nil),           // 5: tally.v1.UpdateEntryRequest
+	(*BatchDeleteEntriesRequest)(nil),    // 6: tally.v1.BatchDeleteEntriesRequest
+	(*BatchDeleteEntriesResponse)(nil),   // 7: tally.v1.BatchDeleteEntriesResponse
+	(*CreateJoinTokenRequest)(nil),       // 8: tally.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),      // 9: tally.v1.CreateJoinTokenResponse
+	(*ListAgentsRequest)(nil),            // 10: tally.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),           // 11: tally.v1.ListAgentsResponse
+	(*GetAgentRequest)(nil),              // 12: tally.v1.GetAgentRequest
+	(*EvictAgentRequest)(nil),            // 13: tally.v1.EvictAgentRequest
+	(*EvictAgentResponse)(nil),           // 14: tally.v1.EvictAgentResponse
+	(*BanAgentRequest)(nil),              // 15: tally.v1.BanAgentRequest
+	(*GetBundleRequest)(nil),             // 16: tally.v1.GetBundleRequest
+	(*GetBundleResponse)(nil),            // 17: tally.v1.GetBundleResponse
+	(*MintX509SVIDRequest)(nil),          // 18: tally.v1.MintX509SVIDRequest
+	(*MintX509SVIDResponse)(nil),         // 19: tally.v1.MintX509SVIDResponse
+	(*MintJWTSVIDRequest)(nil),           // 20: tally.v1.MintJWTSVIDRequest
+	(*MintJWTSVIDResponse)(nil),          // 21: tally.v1.MintJWTSVIDResponse
+	(*Entry)(nil),                        // 22: tally.v1.Entry
+	(*Selector)(nil),                     // 23: tally.v1.Selector
+	(*Agent)(nil),                        // 24: tally.v1.Agent
+	(*GetAuthorityRequest)(nil),          // 25: tally.v1.GetAuthorityRequest
+	(*AuthorityRequest)(nil),             // 26: tally.v1.AuthorityRequest
+	(*ListIssuancesRequest)(nil),         // 27: tally.v1.ListIssuancesRequest
+	(*CreateDashboardTokenRequest)(nil),  // 28: tally.v1.CreateDashboardTokenRequest
+	(*GetAuthorityResponse)(nil),         // 29: tally.v1.GetAuthorityResponse
+	(*AuthoritySlot)(nil),                // 30: tally.v1.AuthoritySlot
+	(*ListIssuancesResponse)(nil),        // 31: tally.v1.ListIssuancesResponse
+	(*CreateDashboardTokenResponse)(nil), // 32: tally.v1.CreateDashboardTokenResponse
 }
 var file_tally_v1_admin_proto_depIdxs = []int32{
 	22, // 0: tally.v1.BatchCreateEntriesRequest.entries:type_name -> tally.v1.Entry
@@ -1238,21 +1253,35 @@ var file_tally_v1_admin_proto_depIdxs = []int32{
 	16, // 16: tally.v1.Admin.GetBundle:input_type -> tally.v1.GetBundleRequest
 	18, // 17: tally.v1.Admin.MintX509SVID:input_type -> tally.v1.MintX509SVIDRequest
 	20, // 18: tally.v1.Admin.MintJWTSVID:input_type -> tally.v1.MintJWTSVIDRequest
-	1,  // 19: tally.v1.Admin.BatchCreateEntries:output_type -> tally.v1.BatchCreateEntriesResponse
-	22, // 20: tally.v1.Admin.GetEntry:output_type -> tally.v1.Entry
-	4,  // 21: tally.v1.Admin.ListEntries:output_type -> tally.v1.ListEntriesResponse
-	22, // 22: tally.v1.Admin.UpdateEntry:output_type -> tally.v1.Entry
-	7,  // 23: tally.v1.Admin.BatchDeleteEntries:output_type -> tally.v1.BatchDeleteEntriesResponse
-	9,  // 24: tally.v1.Admin.CreateJoinToken:output_type -> tally.v1.CreateJoinTokenResponse
-	11, // 25: tally.v1.Admin.ListAgents:output_type -> tally.v1.ListAgentsResponse
-	24, // 26: tally.v1.Admin.GetAgent:output_type -> tally.v1.Agent
-	14, // 27: tally.v1.Admin.EvictAgent:output_type -> tally.v1.EvictAgentResponse
-	24, // 28: tally.v1.Admin.BanAgent:output_type -> tally.v1.Agent
-	17, // 29: tally.v1.Admin.GetBundle:output_type -> tally.v1.GetBundleResponse
-	19, // 30: tally.v1.Admin.MintX509SVID:output_type -> tally.v1.MintX509SVIDResponse
-	21, // 31: tally.v1.Admin.MintJWTSVID:output_type -> tally.v1.MintJWTSVIDResponse
-	19, // [19:32] is the sub-list for method output_type
-	6,  // [6:19] is the sub-list for method input_type
+	25, // 19: tally.v1.Admin.GetAuthority:input_type -> tally.v1.GetAuthorityRequest
+	26, // 20: tally.v1.Admin.PrepareAuthority:input_type -> tally.v1.AuthorityRequest
+	26, // 21: tally.v1.Admin.ActivateAuthority:input_type -> tally.v1.AuthorityRequest
+	26, // 22: tally.v1.Admin.TaintAuthority:input_type -> tally.v1.AuthorityRequest
+	26, // 23: tally.v1.Admin.RevokeAuthority:input_type -> tally.v1.AuthorityRequest
+	27, // 24: tally.v1.Admin.ListIssuances:input_type -> tally.v1.ListIssuancesRequest
+	28, // 25: tally.v1.Admin.CreateDashboardToken:input_type -> tally.v1.CreateDashboardTokenRequest
+	1,  // 26: tally.v1.Admin.BatchCreateEntries:output_type -> tally.v1.BatchCreateEntriesResponse
+	22, // 27: tally.v1.Admin.GetEntry:output_type -> tally.v1.Entry
+	4,  // 28: tally.v1.Admin.ListEntries:output_type -> tally.v1.ListEntriesResponse
+	22, // 29: tally.v1.Admin.UpdateEntry:output_type -> tally.v1.Entry
+	7,  // 30: tally.v1.Admin.BatchDeleteEntries:output_type -> tally.v1.BatchDeleteEntriesResponse
+	9,  // 31: tally.v1.Admin.CreateJoinToken:output_type -> tally.v1.CreateJoinTokenResponse
+	11, // 32: tally.v1.Admin.ListAgents:output_type -> tally.v1.ListAgentsResponse
+	24, // 33: tally.v1.Admin.GetAgent:output_type -> tally.v1.Agent
+	14, // 34: tally.v1.Admin.EvictAgent:output_type -> tally.v1.EvictAgentResponse
+	24, // 35: tally.v1.Admin.BanAgent:output_type -> tally.v1.Agent
+	17, // 36: tally.v1.Admin.GetBundle:output_type -> tally.v1.GetBundleResponse
+	19, // 37: tally.v1.Admin.MintX509SVID:output_type -> tally.v1.MintX509SVIDResponse
+	21, // 38: tally.v1.Admin.MintJWTSVID:output_type -> tally.v1.MintJWTSVIDResponse
+	29, // 39: tally.v1.Admin.GetAuthority:output_type -> tally.v1.GetAuthorityResponse
+	30, // 40: tally.v1.Admin.PrepareAuthority:output_type -> tally.v1.AuthoritySlot
+	30, // 41: tally.v1.Admin.ActivateAuthority:output_type -> tally.v1.AuthoritySlot
+	30, // 42: tally.v1.Admin.TaintAuthority:output_type -> tally.v1.AuthoritySlot
+	30, // 43: tally.v1.Admin.RevokeAuthority:output_type -> tally.v1.AuthoritySlot
+	31, // 44: tally.v1.Admin.ListIssuances:output_type -> tally.v1.ListIssuancesResponse
+	32, // 45: tally.v1.Admin.CreateDashboardToken:output_type -> tally.v1.CreateDashboardTokenResponse
+	26, // [26:46] is the sub-list for method output_type
+	6,  // [6:26] is the sub-list for method input_type
 	6,  // [6:6] is the sub-list for extension type_name
 	6,  // [6:6] is the sub-list for extension extendee
 	0,  // [0:6] is the sub-list for field type_name
@@ -1264,6 +1293,7 @@ func file_tally_v1_admin_proto_init() {
 		return
 	}
 	file_tally_v1_types_proto_init()
+	file_tally_v1_ops_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

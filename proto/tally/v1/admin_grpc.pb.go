@@ -19,19 +19,26 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Admin_BatchCreateEntries_FullMethodName = "/tally.v1.Admin/BatchCreateEntries"
-	Admin_GetEntry_FullMethodName           = "/tally.v1.Admin/GetEntry"
-	Admin_ListEntries_FullMethodName        = "/tally.v1.Admin/ListEntries"
-	Admin_UpdateEntry_FullMethodName        = "/tally.v1.Admin/UpdateEntry"
-	Admin_BatchDeleteEntries_FullMethodName = "/tally.v1.Admin/BatchDeleteEntries"
-	Admin_CreateJoinToken_FullMethodName    = "/tally.v1.Admin/CreateJoinToken"
-	Admin_ListAgents_FullMethodName         = "/tally.v1.Admin/ListAgents"
-	Admin_GetAgent_FullMethodName           = "/tally.v1.Admin/GetAgent"
-	Admin_EvictAgent_FullMethodName         = "/tally.v1.Admin/EvictAgent"
-	Admin_BanAgent_FullMethodName           = "/tally.v1.Admin/BanAgent"
-	Admin_GetBundle_FullMethodName          = "/tally.v1.Admin/GetBundle"
-	Admin_MintX509SVID_FullMethodName       = "/tally.v1.Admin/MintX509SVID"
-	Admin_MintJWTSVID_FullMethodName        = "/tally.v1.Admin/MintJWTSVID"
+	Admin_BatchCreateEntries_FullMethodName   = "/tally.v1.Admin/BatchCreateEntries"
+	Admin_GetEntry_FullMethodName             = "/tally.v1.Admin/GetEntry"
+	Admin_ListEntries_FullMethodName          = "/tally.v1.Admin/ListEntries"
+	Admin_UpdateEntry_FullMethodName          = "/tally.v1.Admin/UpdateEntry"
+	Admin_BatchDeleteEntries_FullMethodName   = "/tally.v1.Admin/BatchDeleteEntries"
+	Admin_CreateJoinToken_FullMethodName      = "/tally.v1.Admin/CreateJoinToken"
+	Admin_ListAgents_FullMethodName           = "/tally.v1.Admin/ListAgents"
+	Admin_GetAgent_FullMethodName             = "/tally.v1.Admin/GetAgent"
+	Admin_EvictAgent_FullMethodName           = "/tally.v1.Admin/EvictAgent"
+	Admin_BanAgent_FullMethodName             = "/tally.v1.Admin/BanAgent"
+	Admin_GetBundle_FullMethodName            = "/tally.v1.Admin/GetBundle"
+	Admin_MintX509SVID_FullMethodName         = "/tally.v1.Admin/MintX509SVID"
+	Admin_MintJWTSVID_FullMethodName          = "/tally.v1.Admin/MintJWTSVID"
+	Admin_GetAuthority_FullMethodName         = "/tally.v1.Admin/GetAuthority"
+	Admin_PrepareAuthority_FullMethodName     = "/tally.v1.Admin/PrepareAuthority"
+	Admin_ActivateAuthority_FullMethodName    = "/tally.v1.Admin/ActivateAuthority"
+	Admin_TaintAuthority_FullMethodName       = "/tally.v1.Admin/TaintAuthority"
+	Admin_RevokeAuthority_FullMethodName      = "/tally.v1.Admin/RevokeAuthority"
+	Admin_ListIssuances_FullMethodName        = "/tally.v1.Admin/ListIssuances"
+	Admin_CreateDashboardToken_FullMethodName = "/tally.v1.Admin/CreateDashboardToken"
 )
 
 // AdminClient is the client API for Admin service.
@@ -56,6 +63,18 @@ type AdminClient interface {
 	GetBundle(ctx context.Context, in *GetBundleRequest, opts ...grpc.CallOption) (*GetBundleResponse, error)
 	MintX509SVID(ctx context.Context, in *MintX509SVIDRequest, opts ...grpc.CallOption) (*MintX509SVIDResponse, error)
 	MintJWTSVID(ctx context.Context, in *MintJWTSVIDRequest, opts ...grpc.CallOption) (*MintJWTSVIDResponse, error)
+	// The CA's key slots, and rotation by hand (audited): prepare a new key,
+	// activate the prepared one, taint the old one (agents re-mint what it
+	// signed), revoke it (removed from the bundle).
+	GetAuthority(ctx context.Context, in *GetAuthorityRequest, opts ...grpc.CallOption) (*GetAuthorityResponse, error)
+	PrepareAuthority(ctx context.Context, in *AuthorityRequest, opts ...grpc.CallOption) (*AuthoritySlot, error)
+	ActivateAuthority(ctx context.Context, in *AuthorityRequest, opts ...grpc.CallOption) (*AuthoritySlot, error)
+	TaintAuthority(ctx context.Context, in *AuthorityRequest, opts ...grpc.CallOption) (*AuthoritySlot, error)
+	RevokeAuthority(ctx context.Context, in *AuthorityRequest, opts ...grpc.CallOption) (*AuthoritySlot, error)
+	// ListIssuances returns recorded issuances and events, newest first.
+	ListIssuances(ctx context.Context, in *ListIssuancesRequest, opts ...grpc.CallOption) (*ListIssuancesResponse, error)
+	// CreateDashboardToken signs a short-lived bearer token for the dashboard.
+	CreateDashboardToken(ctx context.Context, in *CreateDashboardTokenRequest, opts ...grpc.CallOption) (*CreateDashboardTokenResponse, error)
 }
 
 type adminClient struct {
@@ -196,6 +215,76 @@ func (c *adminClient) MintJWTSVID(ctx context.Context, in *MintJWTSVIDRequest, o
 	return out, nil
 }
 
+func (c *adminClient) GetAuthority(ctx context.Context, in *GetAuthorityRequest, opts ...grpc.CallOption) (*GetAuthorityResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetAuthorityResponse)
+	err := c.cc.Invoke(ctx, Admin_GetAuthority_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) PrepareAuthority(ctx context.Context, in *AuthorityRequest, opts ...grpc.CallOption) (*AuthoritySlot, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AuthoritySlot)
+	err := c.cc.Invoke(ctx, Admin_PrepareAuthority_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) ActivateAuthority(ctx context.Context, in *AuthorityRequest, opts ...grpc.CallOption) (*AuthoritySlot, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AuthoritySlot)
+	err := c.cc.Invoke(ctx, Admin_ActivateAuthority_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) TaintAuthority(ctx context.Context, in *AuthorityRequest, opts ...grpc.CallOption) (*AuthoritySlot, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AuthoritySlot)
+	err := c.cc.Invoke(ctx, Admin_TaintAuthority_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) RevokeAuthority(ctx context.Context, in *AuthorityRequest, opts ...grpc.CallOption) (*AuthoritySlot, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AuthoritySlot)
+	err := c.cc.Invoke(ctx, Admin_RevokeAuthority_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) ListIssuances(ctx context.Context, in *ListIssuancesRequest, opts ...grpc.CallOption) (*ListIssuancesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListIssuancesResponse)
+	err := c.cc.Invoke(ctx, Admin_ListIssuances_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) CreateDashboardToken(ctx context.Context, in *CreateDashboardTokenRequest, opts ...grpc.CallOption) (*CreateDashboardTokenResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateDashboardTokenResponse)
+	err := c.cc.Invoke(ctx, Admin_CreateDashboardToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -218,6 +307,18 @@ type AdminServer interface {
 	GetBundle(context.Context, *GetBundleRequest) (*GetBundleResponse, error)
 	MintX509SVID(context.Context, *MintX509SVIDRequest) (*MintX509SVIDResponse, error)
 	MintJWTSVID(context.Context, *MintJWTSVIDRequest) (*MintJWTSVIDResponse, error)
+	// The CA's key slots, and rotation by hand (audited): prepare a new key,
+	// activate the prepared one, taint the old one (agents re-mint what it
+	// signed), revoke it (removed from the bundle).
+	GetAuthority(context.Context, *GetAuthorityRequest) (*GetAuthorityResponse, error)
+	PrepareAuthority(context.Context, *AuthorityRequest) (*AuthoritySlot, error)
+	ActivateAuthority(context.Context, *AuthorityRequest) (*AuthoritySlot, error)
+	TaintAuthority(context.Context, *AuthorityRequest) (*AuthoritySlot, error)
+	RevokeAuthority(context.Context, *AuthorityRequest) (*AuthoritySlot, error)
+	// ListIssuances returns recorded issuances and events, newest first.
+	ListIssuances(context.Context, *ListIssuancesRequest) (*ListIssuancesResponse, error)
+	// CreateDashboardToken signs a short-lived bearer token for the dashboard.
+	CreateDashboardToken(context.Context, *CreateDashboardTokenRequest) (*CreateDashboardTokenResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -266,6 +367,27 @@ func (UnimplementedAdminServer) MintX509SVID(context.Context, *MintX509SVIDReque
 }
 func (UnimplementedAdminServer) MintJWTSVID(context.Context, *MintJWTSVIDRequest) (*MintJWTSVIDResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method MintJWTSVID not implemented")
+}
+func (UnimplementedAdminServer) GetAuthority(context.Context, *GetAuthorityRequest) (*GetAuthorityResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetAuthority not implemented")
+}
+func (UnimplementedAdminServer) PrepareAuthority(context.Context, *AuthorityRequest) (*AuthoritySlot, error) {
+	return nil, status.Error(codes.Unimplemented, "method PrepareAuthority not implemented")
+}
+func (UnimplementedAdminServer) ActivateAuthority(context.Context, *AuthorityRequest) (*AuthoritySlot, error) {
+	return nil, status.Error(codes.Unimplemented, "method ActivateAuthority not implemented")
+}
+func (UnimplementedAdminServer) TaintAuthority(context.Context, *AuthorityRequest) (*AuthoritySlot, error) {
+	return nil, status.Error(codes.Unimplemented, "method TaintAuthority not implemented")
+}
+func (UnimplementedAdminServer) RevokeAuthority(context.Context, *AuthorityRequest) (*AuthoritySlot, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeAuthority not implemented")
+}
+func (UnimplementedAdminServer) ListIssuances(context.Context, *ListIssuancesRequest) (*ListIssuancesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListIssuances not implemented")
+}
+func (UnimplementedAdminServer) CreateDashboardToken(context.Context, *CreateDashboardTokenRequest) (*CreateDashboardTokenResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateDashboardToken not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -522,6 +644,132 @@ func _Admin_MintJWTSVID_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_GetAuthority_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetAuthorityRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).GetAuthority(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_GetAuthority_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).GetAuthority(ctx, req.(*GetAuthorityRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_PrepareAuthority_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AuthorityRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).PrepareAuthority(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_PrepareAuthority_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).PrepareAuthority(ctx, req.(*AuthorityRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_ActivateAuthority_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AuthorityRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).ActivateAuthority(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_ActivateAuthority_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).ActivateAuthority(ctx, req.(*AuthorityRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_TaintAuthority_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AuthorityRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).TaintAuthority(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_TaintAuthority_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).TaintAuthority(ctx, req.(*AuthorityRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_RevokeAuthority_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AuthorityRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).RevokeAuthority(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_RevokeAuthority_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).RevokeAuthority(ctx, req.(*AuthorityRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_ListIssuances_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListIssuancesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).ListIssuances(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_ListIssuances_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).ListIssuances(ctx, req.(*ListIssuancesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_CreateDashboardToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateDashboardTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).CreateDashboardToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_CreateDashboardToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).CreateDashboardToken(ctx, req.(*CreateDashboardTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -580,6 +828,34 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "MintJWTSVID",
 			Handler:    _Admin_MintJWTSVID_Handler,
+		},
+		{
+			MethodName: "GetAuthority",
+			Handler:    _Admin_GetAuthority_Handler,
+		},
+		{
+			MethodName: "PrepareAuthority",
+			Handler:    _Admin_PrepareAuthority_Handler,
+		},
+		{
+			MethodName: "ActivateAuthority",
+			Handler:    _Admin_ActivateAuthority_Handler,
+		},
+		{
+			MethodName: "TaintAuthority",
+			Handler:    _Admin_TaintAuthority_Handler,
+		},
+		{
+			MethodName: "RevokeAuthority",
+			Handler:    _Admin_RevokeAuthority_Handler,
+		},
+		{
+			MethodName: "ListIssuances",
+			Handler:    _Admin_ListIssuances_Handler,
+		},
+		{
+			MethodName: "CreateDashboardToken",
+			Handler:    _Admin_CreateDashboardToken_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

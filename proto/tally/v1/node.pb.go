@@ -305,8 +305,11 @@ type SyncEntriesResponse struct {
 	// When the server's registry reached revision (Unix nanoseconds); the
 	// agent measures its sync lag against it.
 	ChangedAtUnixNano int64 `protobuf:"varint,7,opt,name=changed_at_unix_nano,json=changedAtUnixNano,proto3" json:"changed_at_unix_nano,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The subject key IDs (hex) of tainted X.509 CA keys, with every bundle:
+	// the agent re-mints, with jitter, every SVID one of them signed.
+	TaintedX509Ids []string `protobuf:"bytes,8,rep,name=tainted_x509_ids,json=taintedX509Ids,proto3" json:"tainted_x509_ids,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *SyncEntriesResponse) Reset() {
@@ -386,6 +389,13 @@ func (x *SyncEntriesResponse) GetChangedAtUnixNano() int64 {
 		return x.ChangedAtUnixNano
 	}
 	return 0
+}
+
+func (x *SyncEntriesResponse) GetTaintedX509Ids() []string {
+	if x != nil {
+		return x.TaintedX509Ids
+	}
+	return nil
 }
 
 type X509SVIDRequest struct {
@@ -858,7 +868,7 @@ var File_tally_v1_node_proto protoreflect.FileDescriptor
 
 const file_tally_v1_node_proto_rawDesc = "" +
 	"\n" +
-	"\x13tally/v1/node.proto\x12\btally.v1\x1a\x14tally/v1/types.proto\x1a\x17tally/v1/exchange.proto\"|\n" +
+	"\x13tally/v1/node.proto\x12\btally.v1\x1a\x14tally/v1/types.proto\x1a\x17tally/v1/exchange.proto\x1a\x12tally/v1/ops.proto\"|\n" +
 	"\x12AttestAgentRequest\x12)\n" +
 	"\x10attestation_type\x18\x01 \x01(\tR\x0fattestationType\x12)\n" +
 	"\x10attestation_data\x18\x02 \x01(\fR\x0fattestationData\x12\x10\n" +
@@ -875,7 +885,7 @@ const file_tally_v1_node_proto_rawDesc = "" +
 	"svid_chain\x18\x01 \x03(\fR\tsvidChain\"d\n" +
 	"\x12SyncEntriesRequest\x12%\n" +
 	"\x0esince_revision\x18\x01 \x01(\x04R\rsinceRevision\x12'\n" +
-	"\x0fbundle_sequence\x18\x02 \x01(\x04R\x0ebundleSequence\"\xf6\x01\n" +
+	"\x0fbundle_sequence\x18\x02 \x01(\x04R\x0ebundleSequence\"\xa0\x02\n" +
 	"\x13SyncEntriesResponse\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x1a\n" +
 	"\bsnapshot\x18\x02 \x01(\bR\bsnapshot\x12\x12\n" +
@@ -884,7 +894,8 @@ const file_tally_v1_node_proto_rawDesc = "" +
 	"\vdeleted_ids\x18\x05 \x03(\tR\n" +
 	"deletedIds\x12\x16\n" +
 	"\x06bundle\x18\x06 \x01(\fR\x06bundle\x12/\n" +
-	"\x14changed_at_unix_nano\x18\a \x01(\x03R\x11changedAtUnixNano\">\n" +
+	"\x14changed_at_unix_nano\x18\a \x01(\x03R\x11changedAtUnixNano\x12(\n" +
+	"\x10tainted_x509_ids\x18\b \x03(\tR\x0etaintedX509Ids\">\n" +
 	"\x0fX509SVIDRequest\x12\x19\n" +
 	"\bentry_id\x18\x01 \x01(\tR\aentryId\x12\x10\n" +
 	"\x03csr\x18\x02 \x01(\fR\x03csr\"P\n" +
@@ -913,7 +924,7 @@ const file_tally_v1_node_proto_rawDesc = "" +
 	"expires_at\x18\x03 \x01(\x03R\texpiresAt\x12\x14\n" +
 	"\x05error\x18\x04 \x01(\tR\x05error\"L\n" +
 	"\x17BatchNewJWTSVIDResponse\x121\n" +
-	"\aresults\x18\x01 \x03(\v2\x17.tally.v1.JWTSVIDResultR\aresults2\xb2\x04\n" +
+	"\aresults\x18\x01 \x03(\v2\x17.tally.v1.JWTSVIDResultR\aresults2\xfe\x04\n" +
 	"\x04Node\x12J\n" +
 	"\vAttestAgent\x12\x1c.tally.v1.AttestAgentRequest\x1a\x1d.tally.v1.AttestAgentResponse\x12G\n" +
 	"\n" +
@@ -923,7 +934,8 @@ const file_tally_v1_node_proto_rawDesc = "" +
 	"\n" +
 	"NewJWTSVID\x12\x1b.tally.v1.NewJWTSVIDRequest\x1a\x1c.tally.v1.NewJWTSVIDResponse\x12V\n" +
 	"\x0fBatchNewJWTSVID\x12 .tally.v1.BatchNewJWTSVIDRequest\x1a!.tally.v1.BatchNewJWTSVIDResponse\x12K\n" +
-	"\rExchangeToken\x12\x1e.tally.v1.ExchangeTokenRequest\x1a\x1a.tally.v1.ExchangeResponseB1Z/github.com/tallyid/tally/proto/tally/v1;tallyv1b\x06proto3"
+	"\rExchangeToken\x12\x1e.tally.v1.ExchangeTokenRequest\x1a\x1a.tally.v1.ExchangeResponse\x12J\n" +
+	"\vReportSVIDs\x12\x1c.tally.v1.ReportSVIDsRequest\x1a\x1d.tally.v1.ReportSVIDsResponseB1Z/github.com/tallyid/tally/proto/tally/v1;tallyv1b\x06proto3"
 
 var (
 	file_tally_v1_node_proto_rawDescOnce sync.Once
@@ -956,7 +968,9 @@ var file_tally_v1_node_proto_goTypes = []any{
 	(*BatchNewJWTSVIDResponse)(nil),  // 14: tally.v1.BatchNewJWTSVIDResponse
 	(*Entry)(nil),                    // 15: tally.v1.Entry
 	(*ExchangeTokenRequest)(nil),     // 16: tally.v1.ExchangeTokenRequest
-	(*ExchangeResponse)(nil),         // 17: tally.v1.ExchangeResponse
+	(*ReportSVIDsRequest)(nil),       // 17: tally.v1.ReportSVIDsRequest
+	(*ExchangeResponse)(nil),         // 18: tally.v1.ExchangeResponse
+	(*ReportSVIDsResponse)(nil),      // 19: tally.v1.ReportSVIDsResponse
 }
 var file_tally_v1_node_proto_depIdxs = []int32{
 	15, // 0: tally.v1.SyncEntriesResponse.upserts:type_name -> tally.v1.Entry
@@ -971,15 +985,17 @@ var file_tally_v1_node_proto_depIdxs = []int32{
 	10, // 9: tally.v1.Node.NewJWTSVID:input_type -> tally.v1.NewJWTSVIDRequest
 	12, // 10: tally.v1.Node.BatchNewJWTSVID:input_type -> tally.v1.BatchNewJWTSVIDRequest
 	16, // 11: tally.v1.Node.ExchangeToken:input_type -> tally.v1.ExchangeTokenRequest
-	1,  // 12: tally.v1.Node.AttestAgent:output_type -> tally.v1.AttestAgentResponse
-	3,  // 13: tally.v1.Node.RenewAgent:output_type -> tally.v1.RenewAgentResponse
-	5,  // 14: tally.v1.Node.SyncEntries:output_type -> tally.v1.SyncEntriesResponse
-	9,  // 15: tally.v1.Node.BatchNewX509SVID:output_type -> tally.v1.BatchNewX509SVIDResponse
-	11, // 16: tally.v1.Node.NewJWTSVID:output_type -> tally.v1.NewJWTSVIDResponse
-	14, // 17: tally.v1.Node.BatchNewJWTSVID:output_type -> tally.v1.BatchNewJWTSVIDResponse
-	17, // 18: tally.v1.Node.ExchangeToken:output_type -> tally.v1.ExchangeResponse
-	12, // [12:19] is the sub-list for method output_type
-	5,  // [5:12] is the sub-list for method input_type
+	17, // 12: tally.v1.Node.ReportSVIDs:input_type -> tally.v1.ReportSVIDsRequest
+	1,  // 13: tally.v1.Node.AttestAgent:output_type -> tally.v1.AttestAgentResponse
+	3,  // 14: tally.v1.Node.RenewAgent:output_type -> tally.v1.RenewAgentResponse
+	5,  // 15: tally.v1.Node.SyncEntries:output_type -> tally.v1.SyncEntriesResponse
+	9,  // 16: tally.v1.Node.BatchNewX509SVID:output_type -> tally.v1.BatchNewX509SVIDResponse
+	11, // 17: tally.v1.Node.NewJWTSVID:output_type -> tally.v1.NewJWTSVIDResponse
+	14, // 18: tally.v1.Node.BatchNewJWTSVID:output_type -> tally.v1.BatchNewJWTSVIDResponse
+	18, // 19: tally.v1.Node.ExchangeToken:output_type -> tally.v1.ExchangeResponse
+	19, // 20: tally.v1.Node.ReportSVIDs:output_type -> tally.v1.ReportSVIDsResponse
+	13, // [13:21] is the sub-list for method output_type
+	5,  // [5:13] is the sub-list for method input_type
 	5,  // [5:5] is the sub-list for extension type_name
 	5,  // [5:5] is the sub-list for extension extendee
 	0,  // [0:5] is the sub-list for field type_name
@@ -992,6 +1008,7 @@ func file_tally_v1_node_proto_init() {
 	}
 	file_tally_v1_types_proto_init()
 	file_tally_v1_exchange_proto_init()
+	file_tally_v1_ops_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

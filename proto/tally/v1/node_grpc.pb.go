@@ -26,6 +26,7 @@ const (
 	Node_NewJWTSVID_FullMethodName       = "/tally.v1.Node/NewJWTSVID"
 	Node_BatchNewJWTSVID_FullMethodName  = "/tally.v1.Node/BatchNewJWTSVID"
 	Node_ExchangeToken_FullMethodName    = "/tally.v1.Node/ExchangeToken"
+	Node_ReportSVIDs_FullMethodName      = "/tally.v1.Node/ReportSVIDs"
 )
 
 // NodeClient is the client API for Node service.
@@ -49,6 +50,8 @@ type NodeClient interface {
 	// workloads, forwarded from the agent's TokenExchange service; the actor is
 	// the entry's SPIFFE ID. Refusals carry the same ErrorInfo as there.
 	ExchangeToken(ctx context.Context, in *ExchangeTokenRequest, opts ...grpc.CallOption) (*ExchangeResponse, error)
+	// ReportSVIDs tells the server what the agent serves (changes only).
+	ReportSVIDs(ctx context.Context, in *ReportSVIDsRequest, opts ...grpc.CallOption) (*ReportSVIDsResponse, error)
 }
 
 type nodeClient struct {
@@ -138,6 +141,16 @@ func (c *nodeClient) ExchangeToken(ctx context.Context, in *ExchangeTokenRequest
 	return out, nil
 }
 
+func (c *nodeClient) ReportSVIDs(ctx context.Context, in *ReportSVIDsRequest, opts ...grpc.CallOption) (*ReportSVIDsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReportSVIDsResponse)
+	err := c.cc.Invoke(ctx, Node_ReportSVIDs_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NodeServer is the server API for Node service.
 // All implementations must embed UnimplementedNodeServer
 // for forward compatibility.
@@ -159,6 +172,8 @@ type NodeServer interface {
 	// workloads, forwarded from the agent's TokenExchange service; the actor is
 	// the entry's SPIFFE ID. Refusals carry the same ErrorInfo as there.
 	ExchangeToken(context.Context, *ExchangeTokenRequest) (*ExchangeResponse, error)
+	// ReportSVIDs tells the server what the agent serves (changes only).
+	ReportSVIDs(context.Context, *ReportSVIDsRequest) (*ReportSVIDsResponse, error)
 	mustEmbedUnimplementedNodeServer()
 }
 
@@ -189,6 +204,9 @@ func (UnimplementedNodeServer) BatchNewJWTSVID(context.Context, *BatchNewJWTSVID
 }
 func (UnimplementedNodeServer) ExchangeToken(context.Context, *ExchangeTokenRequest) (*ExchangeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ExchangeToken not implemented")
+}
+func (UnimplementedNodeServer) ReportSVIDs(context.Context, *ReportSVIDsRequest) (*ReportSVIDsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReportSVIDs not implemented")
 }
 func (UnimplementedNodeServer) mustEmbedUnimplementedNodeServer() {}
 func (UnimplementedNodeServer) testEmbeddedByValue()              {}
@@ -330,6 +348,24 @@ func _Node_ExchangeToken_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Node_ReportSVIDs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReportSVIDsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServer).ReportSVIDs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Node_ReportSVIDs_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServer).ReportSVIDs(ctx, req.(*ReportSVIDsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Node_ServiceDesc is the grpc.ServiceDesc for Node service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -360,6 +396,10 @@ var Node_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ExchangeToken",
 			Handler:    _Node_ExchangeToken_Handler,
+		},
+		{
+			MethodName: "ReportSVIDs",
+			Handler:    _Node_ReportSVIDs_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
