@@ -85,6 +85,7 @@ permissions are the authorization.`,
 	root.AddCommand(
 		a.newEntryCommand(),
 		a.newTokenCommand(),
+		a.newDashboardCommand(),
 		a.newAgentCommand(),
 		a.newBundleCommand(),
 		a.newX509Command(),

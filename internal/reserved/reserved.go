@@ -11,15 +11,22 @@ import (
 )
 
 const (
-	prefix      = "/tally/"
-	serverPath  = prefix + "server"
-	agentPrefix = prefix + "agent/"
+	prefix        = "/tally/"
+	serverPath    = prefix + "server"
+	dashboardPath = prefix + "dashboard"
+	agentPrefix   = prefix + "agent/"
 )
 
 // ServerID is the SPIFFE ID of the Tally server of td. Entries parented to
 // it with node selectors are node aliases.
 func ServerID(td spiffeid.TrustDomain) spiffeid.ID {
 	return spiffeid.RequireFromPath(td, serverPath)
+}
+
+// DashboardID is the subject of the dashboard's bearer tokens: JWT-SVIDs
+// only the server signs, for no workload.
+func DashboardID(td spiffeid.TrustDomain) spiffeid.ID {
+	return spiffeid.RequireFromPath(td, dashboardPath)
 }
 
 // AgentID is the ID of an agent attested by attestationType, told apart by
