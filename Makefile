@@ -20,7 +20,10 @@ spire: ## SPIRE v1.13.3 from the Go module proxy, cached in .cache/spire (its CL
 k8s: ## kube-apiserver v1.37.2 and etcd from the Go module proxy, cached in .cache/k8s (tests run a real control plane)
 	./scripts/k8s/build.sh
 
-test: build spire k8s ## every test (real badger, real gRPC over real sockets, real processes)
+stepca: ## step-ca v0.30.2 from the Go module proxy, cached in .cache/step-ca (tests use it as an upstream CA)
+	./scripts/stepca/build.sh
+
+test: build spire k8s stepca ## every test (real badger, real gRPC over real sockets, real processes)
 	$(GO) vet ./...
 	TALLY_BIN=$(BIN) $(GO) test -count=1 -timeout 20m ./...
 
