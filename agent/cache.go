@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -13,6 +15,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/tallyid/tally/attest"
+	"github.com/tallyid/tally/internal/logkey"
 	tallyv1 "github.com/tallyid/tally/proto/tally/v1"
 	"github.com/tallyid/tally/workloadapi"
 )
@@ -51,6 +54,16 @@ type CacheConfig struct {
 	// served. Defaults DefaultJWTMintRate, DefaultJWTMintBurst.
 	JWTMintRate  float64
 	JWTMintBurst int
+	// TaintJitter bounds how soon an SVID signed by a key the server
+	// reports tainted is renewed: at a random time within TaintJitter or a
+	// tenth of the SVID's remaining life, whichever is shorter, so that a
+	// taint spreads a node's renewals instead of minting them all at once.
+	// Until the new SVID arrives the old one is served. Default
+	// DefaultTaintJitter.
+	TaintJitter time.Duration
+
+	// rand is the source of the taint jitter, in [0, 1); tests fix it.
+	rand func() float64
 }
 
 // maxRetryAfter caps the backoff of failed mints.
@@ -65,11 +78,16 @@ const maxRetryAfter = 5 * time.Minute
 // It is a façade: entries (entrySet), SVIDs (svidStore) and subscribers
 // (fanout) are guarded by mu; the mint scheduler and the JWT issuer lock
 // themselves. Lock order: mu, then the scheduler's.
+//
+// The server names the tainted X.509 CA keys in the sync (syncUpdate.Tainted):
+// every SVID held that one of them signed is renewed early (TaintJitter),
+// and one no workload needs is dropped at once.
 type Cache struct {
 	cfg      CacheConfig
 	syncedCh chan struct{}
 	sched    *mintScheduler
 	jwts     *jwtIssuer
+	changes  chan struct{} // buffered(1): what served reports may have changed
 
 	mu      sync.Mutex
 	synced  bool
@@ -77,6 +95,8 @@ type Cache struct {
 	svids   *svidStore
 	fan     *fanout
 	bundle  *spiffebundle.Bundle
+	tainted taintSet          // never nil
+	lastErr map[string]string // entry ID → why its last mint failed, until one succeeds
 }
 
 // NewCache returns an empty cache; it serves once the first sync arrived.
@@ -89,6 +109,9 @@ func NewCache(cfg CacheConfig) *Cache {
 		entries:  newEntrySet(),
 		svids:    newSVIDStore(cfg.MaxUnused),
 		fan:      newFanout(),
+		changes:  make(chan struct{}, 1),
+		tainted:  taintSet{},
+		lastErr:  map[string]string{},
 	}
 	x := &x509Minter{minter: cfg.Minter, bundle: c.Bundle, clock: cfg.Clock, log: cfg.Logger}
 	c.sched = newMintScheduler(mintSchedulerConfig{
@@ -135,6 +158,9 @@ func cacheDefaults(cfg CacheConfig) CacheConfig {
 	if cfg.JWTMintBurst == 0 {
 		cfg.JWTMintBurst = DefaultJWTMintBurst
 	}
+	if cfg.TaintJitter == 0 {
+		cfg.TaintJitter = DefaultTaintJitter
+	}
 	return cfg
 }
 
@@ -144,11 +170,14 @@ type syncUpdate struct {
 	Upserts []*entry
 	Deleted []string
 	Bundle  *spiffebundle.Bundle
+	// Tainted, if not nil, replaces the set of tainted X.509 CA keys.
+	Tainted taintSet
 }
 
-// Apply applies a sync step: entries, then bundle; subscribers whose
-// identities changed get a new update. An entry that changed (a new
-// revision) or is gone loses its SVID and its mint backoff.
+// Apply applies a sync step: entries, then bundle and tainted keys;
+// subscribers whose identities changed get a new update. An entry that
+// changed (a new revision) or is gone loses its SVID, its mint backoff and
+// its last error.
 func (c *Cache) Apply(u syncUpdate) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -156,10 +185,17 @@ func (c *Cache) Apply(u syncUpdate) {
 	for id := range changed {
 		c.svids.drop(id)
 		c.sched.forget(id)
+		delete(c.lastErr, id)
+	}
+	if len(changed) > 0 {
+		c.changedLocked()
 	}
 	if u.Bundle != nil {
 		c.bundle = u.Bundle
 		c.fan.sendBundle(u.Bundle)
+	}
+	if u.Tainted != nil {
+		c.taintLocked(u.Tainted)
 	}
 	if !c.synced {
 		c.synced = true
@@ -172,6 +208,57 @@ func (c *Cache) Apply(u syncUpdate) {
 		}
 	}
 	c.publishLocked(dirty)
+}
+
+// taintLocked replaces the tainted set. Each SVID held that a newly
+// tainted key signed is renewed within the taint window if a workload
+// needs it (it is served until then), or dropped if none does.
+func (c *Cache) taintLocked(set taintSet) {
+	newly := set.minus(c.tainted)
+	c.tainted = set
+	if len(newly) == 0 {
+		return
+	}
+	now := c.cfg.Clock.Now()
+	var renewed int
+	var unused []string
+	for id, s := range c.svids.all() {
+		switch {
+		case !newly.has(s.signer):
+		case !c.svids.needed(id):
+			unused = append(unused, id)
+		default:
+			c.renewTaintedLocked(id, s, now)
+			renewed++
+		}
+	}
+	for _, id := range unused {
+		c.svids.drop(id)
+	}
+	if len(unused) > 0 {
+		c.changedLocked()
+	}
+	c.cfg.Logger.Info("X.509 CA keys tainted: renewing the SVIDs they signed", "key_ids", slices.Sorted(maps.Keys(newly)),
+		"renewing", renewed, "dropped_unused", len(unused), "within", c.cfg.TaintJitter)
+}
+
+// renewTaintedLocked moves the renewal of entry id's SVID s, whose signer
+// is tainted, to a random time within the taint window (taintRenewAt).
+func (c *Cache) renewTaintedLocked(id string, s *cachedSVID, now time.Time) {
+	at := taintRenewAt(now, s.svid.ExpiresAt, s.renewAt, c.cfg.TaintJitter, c.cfg.rand)
+	if at.Before(s.renewAt) {
+		s.renewAt = at
+		c.sched.renewBy(id, at)
+	}
+}
+
+// changedLocked tells the reporter that what the cache serves may have
+// changed; it never blocks.
+func (c *Cache) changedLocked() {
+	select {
+	case c.changes <- struct{}{}:
+	default:
+	}
 }
 
 // rematchLocked recomputes a subscriber's entries, acquiring the new ones
@@ -277,10 +364,14 @@ func byCreation(entries map[string]*entry) []string {
 
 // minted is the scheduler's Done: it stores what a batch got, settles
 // the batch in the scheduler and publishes to the subscribers holding it.
-func (c *Cache) minted(batch []*entry, out []*minted) {
+// An SVID signed by a tainted key (minted before the server heard of the
+// taint) is renewed within the taint window, as if the taint came now.
+func (c *Cache) minted(batch []*entry, out []*minted, errs []error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	touched := make(map[string]bool, len(batch))
+	now := c.cfg.Clock.Now()
+	var tainted []string // entries that got an SVID of a tainted key
 	for i, e := range batch {
 		touched[e.ID] = true
 		var m *minted
@@ -290,6 +381,10 @@ func (c *Cache) minted(batch []*entry, out []*minted) {
 		cur := c.entries.get(e.ID)
 		if m == nil || cur == nil || !sameIdentity(cur, e) {
 			c.cfg.Metrics.minted.WithLabelValues("x509", "error").Inc()
+			if m == nil && cur != nil && sameIdentity(cur, e) && errs != nil && errs[i] != nil {
+				c.cfg.Metrics.rotationFailures.WithLabelValues(svidWorkload).Inc()
+				c.lastErr[e.ID] = errs[i].Error()
+			}
 			c.sched.settle(e.ID, m != nil || cur == nil, time.Time{})
 			if m != nil && cur != nil {
 				c.ensureLocked(e.ID) // the entry changed while in flight
@@ -297,11 +392,22 @@ func (c *Cache) minted(batch []*entry, out []*minted) {
 			continue
 		}
 		c.cfg.Metrics.minted.WithLabelValues("x509", "ok").Inc()
-		if c.svids.put(e.ID, &cachedSVID{svid: m.svid, renewAt: m.renewAt}) {
+		setTime(c.cfg.Metrics.lastRotation, now)
+		delete(c.lastErr, e.ID)
+		s := &cachedSVID{svid: m.svid, renewAt: m.renewAt, svidInfo: m.svidInfo}
+		if c.tainted.has(s.signer) {
+			tainted = append(tainted, e.ID)
+			s.renewAt = taintRenewAt(now, s.svid.ExpiresAt, s.renewAt, c.cfg.TaintJitter, c.cfg.rand)
+		}
+		if c.svids.put(e.ID, s) {
 			c.cfg.Metrics.rotations.Inc()
 		}
-		c.sched.settle(e.ID, true, m.renewAt)
+		c.sched.settle(e.ID, true, s.renewAt)
 	}
+	if len(tainted) > 0 {
+		c.cfg.Logger.Warn("the server signed SVIDs with a tainted key; renewing them soon", "count", len(tainted), logkey.EntryID, tainted[0])
+	}
+	c.changedLocked()
 	c.publishLocked(c.fan.holding(touched))
 }
 
@@ -318,11 +424,15 @@ func (c *Cache) due(ids []string) {
 			continue
 		}
 		if !c.svids.needed(id) {
-			c.svids.drop(id)
+			if s != nil {
+				c.svids.drop(id)
+				c.changedLocked()
+			}
 			continue
 		}
 		if s != nil && !now.Before(s.svid.ExpiresAt) {
 			c.svids.drop(id)
+			c.changedLocked()
 		}
 		if e := c.entries.get(id); e != nil {
 			c.sched.request(e)
@@ -359,7 +469,9 @@ func (c *Cache) SubscribeX509(ctx context.Context, selectors []attest.Selector) 
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.fan.addX509(sub)
-	c.rematchLocked(sub, nil)
+	if c.rematchLocked(sub, nil) {
+		c.changedLocked() // its entries have one subscriber more
+	}
 	c.publishLocked([]*subscription{sub})
 	return sub, nil
 }
@@ -370,6 +482,9 @@ func (c *Cache) unsubscribe(sub *subscription) {
 	c.fan.removeX509(sub)
 	for id := range sub.ids {
 		c.releaseLocked(id)
+	}
+	if len(sub.ids) > 0 {
+		c.changedLocked()
 	}
 }
 

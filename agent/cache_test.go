@@ -6,9 +6,11 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"math/big"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -27,13 +29,15 @@ import (
 // testMinter signs CSRs with a CA made in the test, standing in for the
 // server's Node API (which the e2e tests exercise for real).
 type testMinter struct {
-	clock  *clocktesting.FakeClock
-	caKey  *ecdsa.PrivateKey
-	ca     *x509.Certificate
-	ttl    time.Duration
-	x509s  atomic.Int64
-	jwts   atomic.Int64
-	refuse sync.Map // entry ID → refused
+	clock   *clocktesting.FakeClock
+	mu      sync.Mutex          // guards caKey, ca and retired (rotate)
+	caKey   *ecdsa.PrivateKey   // signs
+	ca      *x509.Certificate   // of caKey
+	retired []*x509.Certificate // CAs before ca, still in the bundle
+	ttl     time.Duration
+	x509s   atomic.Int64
+	jwts    atomic.Int64
+	refuse  sync.Map // entry ID → refused
 }
 
 func newTestMinter(t *testing.T, clk *clocktesting.FakeClock) *testMinter {
@@ -46,10 +50,40 @@ func newTestMinter(t *testing.T, clk *clocktesting.FakeClock) *testMinter {
 	return &testMinter{clock: clk, caKey: key, ca: ca, ttl: time.Hour}
 }
 
-// bundle is the trust bundle of example.org with the minter's CA, which
+// bundle is the trust bundle of example.org with the minter's CAs, which
 // the chains it signs verify against.
 func (m *testMinter) bundle() *spiffebundle.Bundle {
-	return spiffebundle.FromX509Authorities(td, []*x509.Certificate{m.ca})
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return spiffebundle.FromX509Authorities(td, append(slices.Clone(m.retired), m.ca))
+}
+
+// rotate makes a new CA sign from now on (one with a subject, so that the
+// leaves it signs carry an AuthorityKeyId) and returns the one before.
+func (m *testMinter) rotate(t *testing.T) *x509.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "test CA 2"},
+		NotBefore: m.clock.Now().Add(-time.Hour), NotAfter: m.clock.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	require.NoError(t, err)
+	ca, err := x509.ParseCertificate(der)
+	require.NoError(t, err)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	old := m.ca
+	m.retired = append(m.retired, old)
+	m.ca, m.caKey = ca, key
+	return old
+}
+
+// signer is the CA signing now.
+func (m *testMinter) signer() (*x509.Certificate, *ecdsa.PrivateKey) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.ca, m.caKey
 }
 
 func (m *testMinter) NewX509SVIDs(_ context.Context, reqs []*tallyv1.X509SVIDRequest) ([]*tallyv1.X509SVIDResult, error) {
@@ -66,10 +100,11 @@ func (m *testMinter) NewX509SVIDs(_ context.Context, reqs []*tallyv1.X509SVIDReq
 		}
 		serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
 		now := m.clock.Now()
+		ca, caKey := m.signer()
 		der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{SerialNumber: serial, URIs: csr.URIs, DNSNames: csr.DNSNames,
 			// Backdated as Tally's CA does (ca.backdate), which a renewal
 			// time must not count as life already lived.
-			NotBefore: now.Add(-10 * time.Second), NotAfter: now.Add(m.ttl), KeyUsage: x509.KeyUsageDigitalSignature}, m.ca, csr.PublicKey, m.caKey)
+			NotBefore: now.Add(-10 * time.Second), NotAfter: now.Add(m.ttl), KeyUsage: x509.KeyUsageDigitalSignature}, ca, csr.PublicKey, caKey)
 		if err != nil {
 			return nil, err
 		}

@@ -1,6 +1,9 @@
 package agent
 
-import "container/list"
+import (
+	"container/list"
+	"iter"
+)
 
 // lru is a map of at most max entries that drops the least recently used
 // one to make room. Every operation is O(1). Not safe for concurrent use:
@@ -63,3 +66,16 @@ func (l *lru[K, V]) remove(key K) {
 
 // len is the number of entries, at most max.
 func (l *lru[K, V]) len() int { return l.order.Len() }
+
+// all yields every entry, most recently used first, without changing the
+// order. The LRU must not change during the iteration.
+func (l *lru[K, V]) all() iter.Seq2[K, V] {
+	return func(yield func(K, V) bool) {
+		for el := l.order.Front(); el != nil; el = el.Next() {
+			it := el.Value.(*lruItem[K, V])
+			if !yield(it.key, it.value) {
+				return
+			}
+		}
+	}
+}

@@ -35,12 +35,14 @@ type mintSchedulerConfig struct {
 	// RetryAfter is the wait after a first failure; each further one
 	// doubles it, up to RetryMax, less up to a fifth at random (jitter).
 	RetryAfter, RetryMax time.Duration
-	// Mint signs a batch: one result per entry, nil where it failed.
-	Mint func(ctx context.Context, batch []*entry) []*minted
-	// Done receives each batch's results. It must call settle for every
-	// entry of batch, under the same lock as its calls to pending, so that
-	// no reader sees an entry neither pending nor served.
-	Done func(batch []*entry, out []*minted)
+	// Mint signs a batch: one result per entry, nil where it failed, with
+	// the error in errs.
+	Mint func(ctx context.Context, batch []*entry) (out []*minted, errs []error)
+	// Done receives each batch's results (both nil if ctx ended before the
+	// batch was sent). It must call settle for every entry of batch, under
+	// the same lock as its calls to pending, so that no reader sees an
+	// entry neither pending nor served.
+	Done func(batch []*entry, out []*minted, errs []error)
 	// Due is called with the entries whose renewal or retry time came.
 	Due func(ids []string)
 	// rand is the backoff's jitter source (backoff.Backoff.Rand); tests
@@ -145,6 +147,20 @@ func (s *mintScheduler) settle(id string, ok bool, renewAt time.Time) {
 	s.signal()
 }
 
+// renewBy moves entry id's renewal time to at if that is sooner (a
+// tainted signing key). An entry queued, in flight or waiting for a retry
+// is left alone: the mint it waits for replaces its SVID anyway.
+func (s *mintScheduler) renewBy(id string, at time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.state(id)
+	if st.phase == phaseIdle && !st.retry && (st.at.IsZero() || at.Before(st.at)) {
+		s.arm(id, st, at, false)
+		s.signal()
+	}
+	s.tidy(id, st)
+}
+
 // Run mints queued entries and calls Due when timers come, until ctx is
 // done; then it waits for the mints in flight (whose ctx is done too).
 func (s *mintScheduler) Run(ctx context.Context) error {
@@ -194,14 +210,15 @@ func (s *mintScheduler) dispatch(ctx context.Context, sem chan struct{}, wg *syn
 		select {
 		case sem <- struct{}{}:
 		case <-ctx.Done():
-			s.cfg.Done(batch, nil)
+			s.cfg.Done(batch, nil, nil)
 			return false
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			s.cfg.Done(batch, s.cfg.Mint(ctx, batch))
+			out, errs := s.cfg.Mint(ctx, batch)
+			s.cfg.Done(batch, out, errs)
 		}()
 	}
 }

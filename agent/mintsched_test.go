@@ -45,7 +45,7 @@ func startSched(t *testing.T, batchSize, parallel int, fail func(string) bool, r
 	h.s = newMintScheduler(mintSchedulerConfig{
 		Clock: h.clk, BatchSize: batchSize, Parallel: parallel, RetryAfter: time.Second, RetryMax: 4 * time.Second,
 		rand: func() float64 { return 0 },
-		Mint: func(_ context.Context, batch []*entry) []*minted {
+		Mint: func(_ context.Context, batch []*entry) ([]*minted, []error) {
 			out := make([]*minted, len(batch))
 			var ids []string
 			for i, e := range batch {
@@ -55,9 +55,9 @@ func startSched(t *testing.T, batchSize, parallel int, fail func(string) bool, r
 				}
 			}
 			h.batches <- ids
-			return out
+			return out, nil
 		},
-		Done: func(batch []*entry, out []*minted) {
+		Done: func(batch []*entry, out []*minted, _ []error) {
 			for i, e := range batch {
 				if out == nil || out[i] == nil {
 					h.s.settle(e.ID, false, time.Time{})
@@ -233,13 +233,13 @@ func TestMintSchedulerStopsWithItsContext(t *testing.T) {
 	var sawErr error
 	var s *mintScheduler
 	s = newMintScheduler(mintSchedulerConfig{Clock: clk, BatchSize: 10, Parallel: 1, RetryAfter: time.Second,
-		Mint: func(ctx context.Context, batch []*entry) []*minted {
+		Mint: func(ctx context.Context, batch []*entry) ([]*minted, []error) {
 			close(started)
 			<-ctx.Done()
 			sawErr = ctx.Err()
-			return make([]*minted, len(batch))
+			return make([]*minted, len(batch)), nil
 		},
-		Done: func(batch []*entry, _ []*minted) {
+		Done: func(batch []*entry, _ []*minted, _ []error) {
 			for _, e := range batch {
 				s.settle(e.ID, false, time.Time{})
 			}

@@ -5,6 +5,8 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
+	"maps"
+	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
@@ -56,6 +58,12 @@ type SessionConfig struct {
 	// Credential attests the agent.
 	Credential Credential
 	Metrics    *Metrics
+	// TaintJitter bounds how soon the agent SVID is renewed once the
+	// server reports its signing key tainted: at a random time within
+	// TaintJitter or a tenth of its remaining life, whichever is shorter
+	// (as CacheConfig.TaintJitter for workload SVIDs). Default
+	// DefaultTaintJitter.
+	TaintJitter time.Duration
 	// Clock times renewals, expiry checks and retries. Default: real.
 	Clock Clock
 	// Logger default: discard.
@@ -66,11 +74,18 @@ type SessionConfig struct {
 // SVID and the bundle, kept in DataDir), the mTLS connection made with it,
 // and the loops that keep both current and follow the entries.
 type Session struct {
-	cfg      SessionConfig
-	log      *slog.Logger
-	serverID spiffeid.ID
-	id       *identity
-	conn     *serverConn
+	cfg       SessionConfig
+	log       *slog.Logger
+	serverID  spiffeid.ID
+	id        *identity
+	conn      *serverConn
+	rand      func() float64 // the taint jitter's source; nil: math/rand/v2
+	taintWake chan struct{}  // buffered(1): the tainted set changed
+
+	mu       sync.Mutex
+	tainted  taintSet      // as of the last sync step that named it; nil before
+	streams  uint64        // sync streams that applied their first step
+	streamUp chan struct{} // closed, and replaced, when one does
 }
 
 // OpenSession loads the stored identity, if any, and the bootstrap bundle.
@@ -84,6 +99,9 @@ func OpenSession(cfg SessionConfig) (*Session, error) {
 	}
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics(nil)
+	}
+	if cfg.TaintJitter == 0 {
+		cfg.TaintJitter = DefaultTaintJitter
 	}
 	id, err := loadIdentity(cfg.DataDir, cfg.TrustDomain)
 	if err != nil {
@@ -100,7 +118,8 @@ func OpenSession(cfg SessionConfig) (*Session, error) {
 	}
 	serverID := reserved.ServerID(cfg.TrustDomain)
 	return &Session{cfg: cfg, log: cfg.Logger, serverID: serverID, id: id,
-		conn: newServerConn(cfg.ServerAddress, serverID, id, cfg.Clock)}, nil
+		conn:      newServerConn(cfg.ServerAddress, serverID, id, cfg.Clock),
+		taintWake: make(chan struct{}, 1), streamUp: make(chan struct{})}, nil
 }
 
 // Close closes the connection to the server.
@@ -114,14 +133,70 @@ func (s *Session) AgentID() string {
 	return ""
 }
 
+// SVIDNotAfter is when the agent SVID expires; zero before it has one.
+func (s *Session) SVIDNotAfter() time.Time {
+	if svid, _ := s.id.current(); svid != nil {
+		return svid.Certificates[0].NotAfter
+	}
+	return time.Time{}
+}
+
 // Minter is the connection to the server, for the Cache.
 func (s *Session) Minter() Minter { return s.conn }
+
+// setTainted records the tainted X.509 CA keys a sync step named and, if
+// they changed, wakes keepIdentity to check the agent SVID's signer.
+func (s *Session) setTainted(set taintSet) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.tainted != nil && maps.Equal(s.tainted, set) {
+		return
+	}
+	s.tainted = set
+	select {
+	case s.taintWake <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Session) taints() taintSet {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.tainted
+}
+
+// streamApplied counts a sync stream that applied its first step: the
+// server has this agent's current state, and a report to it starts over.
+func (s *Session) streamApplied() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.streams++
+	close(s.streamUp)
+	s.streamUp = make(chan struct{})
+}
+
+// syncStreams returns how many sync streams applied their first step and
+// a channel closed when the next one does.
+func (s *Session) syncStreams() (uint64, <-chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.streams, s.streamUp
+}
+
+// noteSVID records the agent SVID in the metrics; rotated: newly obtained.
+func (s *Session) noteSVID(svid *x509svid.SVID, rotated bool) {
+	setTime(s.cfg.Metrics.agentSVIDExpiry, svid.Certificates[0].NotAfter)
+	if rotated {
+		setTime(s.cfg.Metrics.lastRotation, s.cfg.Clock.Now())
+	}
+}
 
 // Start reuses a stored, unexpired agent SVID, or attests until it
 // succeeds or ctx ends; failures back off up to 30 s.
 func (s *Session) Start(ctx context.Context) error {
 	if svid, _ := s.id.current(); svid != nil && s.cfg.Clock.Now().Before(svid.Certificates[0].NotAfter) {
 		s.log.Info("reusing the stored agent SVID; not attesting", logkey.SPIFFEID, svid.ID.String(), logkey.NotAfter, svid.Certificates[0].NotAfter)
+		s.noteSVID(svid, false)
 		return s.conn.reconnect()
 	}
 	bo := backoff.New(time.Second, 30*time.Second)
@@ -133,6 +208,7 @@ func (s *Session) Start(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
+		s.cfg.Metrics.rotationFailures.WithLabelValues(svidAgent).Inc()
 		d := bo.Next()
 		s.log.Error("attestation failed", logkey.Error, err, logkey.RetryIn, d)
 		if s.sleep(ctx, d) != nil {
@@ -194,6 +270,7 @@ func (s *Session) attest(ctx context.Context) error {
 		return err
 	}
 	s.cfg.Metrics.attestations.Inc()
+	s.noteSVID(svid, true)
 	s.log.Info("agent attested", logkey.SPIFFEID, svid.ID.String(), logkey.NotAfter, svid.Certificates[0].NotAfter)
 	return s.conn.reconnect()
 }
@@ -216,6 +293,7 @@ func (s *Session) renew(ctx context.Context) error {
 	if err := s.id.setSVID(svid); err != nil {
 		return err
 	}
+	s.noteSVID(svid, true)
 	s.log.Info("agent SVID renewed", logkey.SPIFFEID, svid.ID.String(), logkey.NotAfter, svid.Certificates[0].NotAfter)
 	return s.conn.reconnect()
 }
@@ -230,22 +308,36 @@ func svidFromChain(chain [][]byte, key []byte) (*x509svid.SVID, error) {
 }
 
 // keepIdentity renews the agent SVID at half its lifetime (less a jitter:
-// renew.At). When the SVID
-// has expired (the server was unreachable for long) or the server no longer
-// accepts it, the agent attests again once it can, instead of failing
-// forever; failures back off up to 30s.
+// renew.At), or within TaintJitter once the server reports its signing
+// key tainted (taintRenewAt). When the SVID has expired (the server was
+// unreachable for long) or the server no longer accepts it, the agent
+// attests again once it can, instead of failing forever; failures back off
+// up to 30s.
 func (s *Session) keepIdentity(ctx context.Context) error {
 	bo := backoff.New(time.Second, 30*time.Second)
 	var serial string     // of the SVID renewAt is for
 	var renewAt time.Time // computed once per SVID: a failed renewal retries after backoff
+	var tainted bool      // renewAt was moved for a tainted signer
 	for {
 		svid, _ := s.id.current()
 		leaf := svid.Certificates[0]
+		now := s.cfg.Clock.Now()
 		if leaf.SerialNumber.String() != serial {
-			serial, renewAt = leaf.SerialNumber.String(), renew.At(s.cfg.Clock.Now(), leaf.NotBefore, leaf.NotAfter)
+			serial, renewAt, tainted = leaf.SerialNumber.String(), renew.At(now, leaf.NotBefore, leaf.NotAfter), false
 		}
-		if err := s.sleep(ctx, renewAt.Sub(s.cfg.Clock.Now())); err != nil {
+		if taints := s.taints(); !tainted && len(taints) > 0 {
+			if signer := s.agentSigner(svid, now); taints.has(signer) {
+				tainted = true
+				renewAt = taintRenewAt(now, leaf.NotAfter, renewAt, s.cfg.TaintJitter, s.rand)
+				s.log.Info("the agent SVID's signing key is tainted; renewing it early", logkey.ID, signer, "renew_in", renewAt.Sub(now))
+			}
+		}
+		woke, werr := s.wait(ctx, renewAt.Sub(now), s.taintWake)
+		if werr != nil {
 			return nil
+		}
+		if woke {
+			continue // the tainted set changed: check the signer again
 		}
 		var err error
 		if !s.cfg.Clock.Now().Before(leaf.NotAfter) {
@@ -262,6 +354,7 @@ func (s *Session) keepIdentity(ctx context.Context) error {
 			bo.Reset()
 			continue
 		}
+		s.cfg.Metrics.rotationFailures.WithLabelValues(svidAgent).Inc()
 		d := bo.Next()
 		s.log.Warn("keeping the agent SVID", logkey.Error, err, logkey.RetryIn, d)
 		if err := s.sleep(ctx, d); err != nil {
@@ -270,17 +363,34 @@ func (s *Session) keepIdentity(ctx context.Context) error {
 	}
 }
 
+// agentSigner is the ID of the CA key that signed the agent SVID.
+func (s *Session) agentSigner(svid *x509svid.SVID, now time.Time) string {
+	_, bundle := s.id.current()
+	if bundle == nil {
+		return svidSigner(svid.Certificates, nil, now)
+	}
+	return svidSigner(svid.Certificates, bundle, now)
+}
+
 // sleep waits d on the agent's clock, or until ctx is done.
 func (s *Session) sleep(ctx context.Context, d time.Duration) error {
+	_, err := s.wait(ctx, d, nil)
+	return err
+}
+
+// wait is sleep that also ends, reporting woke, when wake receives.
+func (s *Session) wait(ctx context.Context, d time.Duration, wake <-chan struct{}) (woke bool, err error) {
 	if d <= 0 {
-		return ctx.Err()
+		return false, ctx.Err()
 	}
 	t := s.cfg.Clock.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
-		return ctx.Err()
+		return false, ctx.Err()
+	case <-wake:
+		return true, nil
 	case <-t.C():
-		return nil
+		return false, nil
 	}
 }

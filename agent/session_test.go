@@ -7,12 +7,14 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/pem"
 	"math/big"
 	"net"
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -47,17 +49,45 @@ type testNode struct {
 
 	attestErr atomic.Pointer[error] // AttestAgent's answer; nil: sign
 	renewErr  atomic.Pointer[error]
+	reportErr atomic.Pointer[error]  // ReportSVIDs' answer; nil: OK
+	mintErr   atomic.Pointer[string] // BatchNewX509SVID's error for every CSR; nil: sign
 	attests   atomic.Int32
 	renews    atomic.Int32
 	calls     chan string // "attest", "renew", "sync:<since>"
+	reports   chan reported
+	// signer, if set, signs agent and workload SVIDs instead of ca.
+	signer atomic.Pointer[testCA]
+	// syncExtra, if set, goes with the first message of every stream:
+	// its bundle and tainted keys.
+	syncExtra atomic.Pointer[tallyv1.SyncEntriesResponse]
 
 	mu      sync.Mutex
-	streams []chan error // open SyncEntries streams: send to end one
+	streams []testStream // open SyncEntries streams
+}
+
+// testCA is a CA of a testNode.
+type testCA struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+}
+
+// testStream is an open SyncEntries stream: send to end it, or to push a
+// message on it.
+type testStream struct {
+	end  chan error
+	push chan *tallyv1.SyncEntriesResponse
+}
+
+// reported is a ReportSVIDs call and when (on the fake clock) it came.
+type reported struct {
+	req *tallyv1.ReportSVIDsRequest
+	at  time.Time
 }
 
 func startTestNode(t *testing.T, clk *clocktesting.FakeClock) *testNode {
 	t.Helper()
-	n := &testNode{t: t, clk: clk, td: spiffeid.RequireTrustDomainFromString("example.org"), svidTTL: 10 * time.Minute, calls: make(chan string, 100)}
+	n := &testNode{t: t, clk: clk, td: spiffeid.RequireTrustDomainFromString("example.org"), svidTTL: 10 * time.Minute,
+		calls: make(chan string, 100), reports: make(chan reported, 100)}
 	var err error
 	n.caKey, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	require.NoError(t, err)
@@ -90,12 +120,74 @@ func (n *testNode) sign(t *testing.T, pub any, id spiffeid.ID, notBefore, notAft
 	t.Helper()
 	serial, err := rand.Int(rand.Reader, big.NewInt(1<<62))
 	require.NoError(t, err)
+	ca, key := n.ca, n.caKey
+	if s := n.signer.Load(); s != nil {
+		ca, key = s.cert, s.key
+	}
 	der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
 		SerialNumber: serial, NotBefore: notBefore, NotAfter: notAfter, URIs: []*url.URL{id.URL()},
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth},
-	}, n.ca, pub, n.caKey)
+	}, ca, pub, key)
 	require.NoError(t, err)
 	return der
+}
+
+// newCA makes another CA (with a subject, so that its leaves carry an
+// AuthorityKeyId), valid for a day of real time.
+func (n *testNode) newCA(t *testing.T) *testCA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	now := time.Now()
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "test CA 2"},
+		NotBefore: now.Add(-24 * time.Hour), NotAfter: now.Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign, URIs: []*url.URL{n.td.ID().URL()}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	require.NoError(t, err)
+	cert, err := x509.ParseCertificate(der)
+	require.NoError(t, err)
+	return &testCA{cert: cert, key: key}
+}
+
+// bundleJSON is the SPIFFE bundle of cas.
+func (n *testNode) bundleJSON(t *testing.T, cas ...*x509.Certificate) []byte {
+	t.Helper()
+	raw, err := spiffebundle.FromX509Authorities(n.td, cas).Marshal()
+	require.NoError(t, err)
+	return raw
+}
+
+// BatchNewX509SVID signs every CSR for an hour, with the URIs it asks,
+// or refuses it with mintErr.
+func (n *testNode) BatchNewX509SVID(_ context.Context, req *tallyv1.BatchNewX509SVIDRequest) (*tallyv1.BatchNewX509SVIDResponse, error) {
+	resp := &tallyv1.BatchNewX509SVIDResponse{}
+	for _, r := range req.GetRequests() {
+		csr, err := x509.ParseCertificateRequest(r.GetCsr())
+		if err != nil {
+			return nil, status.Error(codes.InvalidArgument, err.Error())
+		}
+		id, err := spiffeid.FromURI(csr.URIs[0])
+		if err != nil {
+			return nil, status.Error(codes.InvalidArgument, err.Error())
+		}
+		if e := n.mintErr.Load(); e != nil {
+			resp.Results = append(resp.Results, &tallyv1.X509SVIDResult{EntryId: r.GetEntryId(), Error: *e})
+			continue
+		}
+		now := n.clk.Now()
+		resp.Results = append(resp.Results, &tallyv1.X509SVIDResult{EntryId: r.GetEntryId(),
+			CertChain: [][]byte{n.sign(n.t, csr.PublicKey, id, now.Add(-10*time.Second), now.Add(time.Hour))}})
+	}
+	return resp, nil
+}
+
+// ReportSVIDs records the report and answers reportErr.
+func (n *testNode) ReportSVIDs(_ context.Context, req *tallyv1.ReportSVIDsRequest) (*tallyv1.ReportSVIDsResponse, error) {
+	n.reports <- reported{req: req, at: n.clk.Now()}
+	if err := n.reportErr.Load(); err != nil {
+		return nil, *err
+	}
+	return &tallyv1.ReportSVIDsResponse{}, nil
 }
 
 func (n *testNode) agentSVID(csrDER []byte) ([][]byte, error) {
@@ -142,28 +234,46 @@ func (n *testNode) RenewAgent(_ context.Context, req *tallyv1.RenewAgentRequest)
 	return &tallyv1.RenewAgentResponse{SvidChain: chain}, nil
 }
 
-// SyncEntries sends one entry at revision since+1, then holds the stream
+// SyncEntries sends a snapshot of one entry, e1 (spiffe://example.org/w
+// for unix uid:1), at revision 1 or, resuming, no change at since; with
+// syncExtra's bundle and tainted keys. Then it sends what the test pushes
 // until the test ends it (endStreams).
 func (n *testNode) SyncEntries(req *tallyv1.SyncEntriesRequest, stream tallyv1.Node_SyncEntriesServer) error {
 	since := req.GetSinceRevision()
 	n.calls <- "sync:" + big.NewInt(int64(since)).String()
-	rev := since + 1
-	err := stream.Send(&tallyv1.SyncEntriesResponse{Revision: rev, Snapshot: since == 0, Upserts: []*tallyv1.Entry{{
-		Id: "e" + big.NewInt(int64(rev)).String(), SpiffeId: "spiffe://example.org/w", ParentId: "spiffe://example.org/tally/agent/test/node-1",
-		Selectors: []*tallyv1.Selector{{Type: "unix", Value: "uid:1"}}, Revision: rev,
-	}}})
-	if err != nil {
+	first := &tallyv1.SyncEntriesResponse{Revision: since}
+	if since == 0 {
+		first = &tallyv1.SyncEntriesResponse{Revision: 1, Snapshot: true, Upserts: []*tallyv1.Entry{{
+			Id: "e1", SpiffeId: "spiffe://example.org/w", ParentId: "spiffe://example.org/tally/agent/test/node-1",
+			Selectors: []*tallyv1.Selector{{Type: "unix", Value: "uid:1"}}, Revision: 1,
+		}}}
+	}
+	if x := n.syncExtra.Load(); x != nil {
+		first.Bundle, first.TaintedX509Ids = x.GetBundle(), x.GetTaintedX509Ids()
+	}
+	if err := stream.Send(first); err != nil {
 		return err
 	}
-	end := make(chan error, 1)
+	ts := testStream{end: make(chan error, 1), push: make(chan *tallyv1.SyncEntriesResponse, 10)}
 	n.mu.Lock()
-	n.streams = append(n.streams, end)
+	n.streams = append(n.streams, ts)
 	n.mu.Unlock()
-	select {
-	case err := <-end:
-		return err
-	case <-stream.Context().Done():
-		return nil
+	defer func() {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		n.streams = slices.DeleteFunc(n.streams, func(o testStream) bool { return o.end == ts.end })
+	}()
+	for {
+		select {
+		case err := <-ts.end:
+			return err
+		case m := <-ts.push:
+			if err := stream.Send(m); err != nil {
+				return err
+			}
+		case <-stream.Context().Done():
+			return nil
+		}
 	}
 }
 
@@ -172,9 +282,25 @@ func (n *testNode) endStreams(err error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	for _, s := range n.streams {
-		s <- err
+		s.end <- err
 	}
 	n.streams = nil
+}
+
+// push sends m on every open SyncEntries stream.
+func (n *testNode) push(m *tallyv1.SyncEntriesResponse) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, s := range n.streams {
+		s.push <- m
+	}
+}
+
+// openStreams is how many SyncEntries streams are open.
+func (n *testNode) openStreams() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return len(n.streams)
 }
 
 func (n *testNode) next(t *testing.T) string {

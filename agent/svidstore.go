@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"iter"
+	"maps"
 	"time"
 
 	"github.com/tallyid/tally/workloadapi"
@@ -19,7 +21,8 @@ type svidStore struct {
 
 type cachedSVID struct {
 	svid    workloadapi.X509SVID
-	renewAt time.Time
+	renewAt time.Time // moved sooner when its signer is tainted
+	svidInfo
 }
 
 // newSVIDStore returns an empty store that keeps at most maxUnused (> 0)
@@ -45,6 +48,30 @@ func (s *svidStore) fresh(id string, now time.Time) bool {
 
 // needed reports whether a connected workload needs entry id.
 func (s *svidStore) needed(id string) bool { return s.need[id] > 0 }
+
+// subscribers is how many subscriptions hold entry id (acquire less
+// release): the Workload API streams following its identity.
+func (s *svidStore) subscribers(id string) int { return s.need[id] }
+
+// all yields every SVID held, needed or not, without touching the LRU's
+// order. The store must not change during the iteration.
+func (s *svidStore) all() iter.Seq2[string, *cachedSVID] {
+	return func(yield func(string, *cachedSVID) bool) {
+		for id, c := range s.inUse {
+			if !yield(id, c) {
+				return
+			}
+		}
+		for id, c := range s.unused.all() {
+			if !yield(id, c) {
+				return
+			}
+		}
+	}
+}
+
+// neededIDs yields the entries some workload needs, with or without an SVID.
+func (s *svidStore) neededIDs() iter.Seq[string] { return maps.Keys(s.need) }
 
 // put stores the SVID of entry id, replacing the one before; it reports
 // whether there was one (a rotation).

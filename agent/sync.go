@@ -15,6 +15,14 @@ import (
 // followEntries keeps one SyncEntries stream open: a snapshot first, then
 // only changes; after a failure it reconnects with capped backoff and
 // resumes from the last revision it applied. There is no periodic reload.
+//
+// The server names the tainted X.509 CA keys (tainted_x509_ids) in every
+// message that carries a bundle and whenever they change: a message with a
+// bundle or with tainted IDs replaces the set the cache and keepIdentity
+// act on; one with neither leaves it. (An empty list cannot be told from
+// an absent one, so a set that empties without a bundle change is not
+// seen; a tainted key only leaves the set by being revoked, which changes
+// the bundle.)
 func (s *Session) followEntries(ctx context.Context, cache *Cache) error {
 	var rev, bundleSeq uint64
 	bo := backoff.New(500*time.Millisecond, 30*time.Second)
@@ -53,6 +61,7 @@ func (s *Session) syncOnce(ctx context.Context, cache *Cache, node tallyv1.NodeC
 		return err
 	}
 	var pending *syncUpdate
+	first := true
 	for {
 		m, err := stream.Recv()
 		if err != nil {
@@ -76,18 +85,28 @@ func (s *Session) syncOnce(ctx context.Context, cache *Cache, node tallyv1.NodeC
 			}
 			pending.Bundle = b
 		}
+		if len(m.GetBundle()) > 0 || len(m.GetTaintedX509Ids()) > 0 {
+			pending.Tainted = newTaintSet(m.GetTaintedX509Ids())
+		}
 		if m.GetMore() {
 			continue
 		}
 		cache.Apply(*pending)
 		s.log.Debug("entry sync applied", "snapshot", pending.Reset, logkey.Revision, m.GetRevision(),
-			"upserts", len(pending.Upserts), "deleted", len(pending.Deleted), "bundle", pending.Bundle != nil)
+			"upserts", len(pending.Upserts), "deleted", len(pending.Deleted), "bundle", pending.Bundle != nil, "tainted", len(pending.Tainted))
 		if pending.Bundle != nil {
 			if err := s.id.setBundle(pending.Bundle); err != nil {
 				s.log.Warn("keeping the bundle", logkey.Error, err)
 			}
 			seq, _ := pending.Bundle.SequenceNumber()
 			*bundleSeq = seq
+		}
+		if pending.Tainted != nil {
+			s.setTainted(pending.Tainted) // after the bundle, which may be needed to find the agent SVID's signer
+		}
+		if first {
+			first = false
+			s.streamApplied()
 		}
 		*rev = m.GetRevision()
 		pending = nil

@@ -36,31 +36,53 @@ type x509Minter struct {
 type minted struct {
 	svid    workloadapi.X509SVID
 	renewAt time.Time
+	svidInfo
 }
 
-// mint returns one result per entry of batch, in order; nil where the
-// entry got no SVID (the reason is logged).
-func (m *x509Minter) mint(ctx context.Context, batch []*entry) []*minted {
+// svidInfo is what the agent reports of an X509-SVID and decides by, read
+// from its chain once.
+type svidInfo struct {
+	serial    string    // the leaf's serial number, hex
+	notBefore time.Time // the leaf's
+	signer    string    // signerID of the chain
+}
+
+// newSVIDInfo reads chain, a verified chain (leaf first, up to the
+// bundle's authority).
+func newSVIDInfo(chain []*x509.Certificate) svidInfo {
+	leaf := chain[0]
+	return svidInfo{serial: leaf.SerialNumber.Text(16), notBefore: leaf.NotBefore, signer: signerID(chain)}
+}
+
+// mint returns one result per entry of batch, in order: an SVID, or nil
+// and the error that kept the entry from getting one (also logged).
+func (m *x509Minter) mint(ctx context.Context, batch []*entry) ([]*minted, []error) {
 	out := make([]*minted, len(batch))
+	errs := make([]error, len(batch))
 	results, keys, err := m.sign(ctx, batch)
 	if err != nil {
 		m.log.Warn("minting SVIDs", "count", len(batch), logkey.Error, err)
-		return out
+		for i := range errs {
+			errs[i] = err
+		}
+		return out, errs
 	}
 	bundle := m.bundle()
 	for i, r := range results {
 		if r.GetError() != "" {
-			m.log.Warn("server refused an SVID", "entry_id", batch[i].ID, logkey.SPIFFEID, batch[i].SPIFFEID.String(), logkey.Error, r.GetError())
+			m.log.Warn("server refused an SVID", logkey.EntryID, batch[i].ID, logkey.SPIFFEID, batch[i].SPIFFEID.String(), logkey.Error, r.GetError())
+			errs[i] = fmt.Errorf("agent: server refused the SVID: %s", r.GetError())
 			continue
 		}
 		s, err := newMinted(batch[i], r.GetCertChain(), keys[i], bundle, m.clock.Now())
 		if err != nil {
-			m.log.Warn("bad SVID from server", "entry_id", batch[i].ID, logkey.Error, err)
+			m.log.Warn("bad SVID from server", logkey.EntryID, batch[i].ID, logkey.Error, err)
+			errs[i] = err
 			continue
 		}
 		out[i] = s
 	}
-	return out
+	return out, errs
 }
 
 // sign makes the keys and CSRs of batch and asks the server to sign them:
@@ -104,13 +126,15 @@ func newMinted(e *entry, chain [][]byte, key []byte, bundle *spiffebundle.Bundle
 	if svid.ID != e.SPIFFEID {
 		return nil, fmt.Errorf("agent: SVID for %s, want %s", svid.ID, e.SPIFFEID)
 	}
-	if _, _, err := x509svid.Verify(svid.Certificates, bundle, x509svid.WithTime(now)); err != nil {
+	_, verified, err := x509svid.Verify(svid.Certificates, bundle, x509svid.WithTime(now))
+	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	leaf := svid.Certificates[0]
 	return &minted{
-		svid:    workloadapi.X509SVID{ID: e.SPIFFEID, CertChain: der, Key: key, Hint: e.Hint, ExpiresAt: leaf.NotAfter},
-		renewAt: renew.At(now, leaf.NotBefore, leaf.NotAfter),
+		svid:     workloadapi.X509SVID{ID: e.SPIFFEID, CertChain: der, Key: key, Hint: e.Hint, ExpiresAt: leaf.NotAfter},
+		renewAt:  renew.At(now, leaf.NotBefore, leaf.NotAfter),
+		svidInfo: newSVIDInfo(verified[0]),
 	}, nil
 }
 

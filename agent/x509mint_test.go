@@ -2,6 +2,8 @@ package agent
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"log/slog"
 	"testing"
@@ -96,14 +98,31 @@ func TestX509MinterResultPerEntry(t *testing.T) {
 	}
 	log := slog.New(slog.DiscardHandler)
 	x := &x509Minter{minter: m, bundle: m.bundle, clock: clk, log: log}
-	out := x.mint(context.Background(), batch)
+	out, errs := x.mint(context.Background(), batch)
 	require.Len(t, out, 3)
+	require.Len(t, errs, 3)
 	require.NotNil(t, out[0])
+	require.NoError(t, errs[0])
+	require.Equal(t, hex.EncodeToString(m.ca.SubjectKeyId), out[0].signer, "the CA certificate's subject key ID, as the server's slot ID")
+	require.Equal(t, out[0].serial, certs(t, out[0].svid.CertChain)[0].SerialNumber.Text(16))
 	require.Nil(t, out[1], "refused by the server")
+	require.ErrorContains(t, errs[1], "refused")
 	require.Nil(t, out[2], "does not chain to the bundle of its trust domain")
+	require.Error(t, errs[2])
 
 	for _, f := range []failingMinter{{testMinter: m, err: errors.New("down")}, {testMinter: m, results: 1}} {
 		x := &x509Minter{minter: f, bundle: m.bundle, clock: clk, log: log}
-		require.Equal(t, make([]*minted, 3), x.mint(context.Background(), batch))
+		out, errs := x.mint(context.Background(), batch)
+		require.Equal(t, make([]*minted, 3), out)
+		for _, err := range errs {
+			require.Error(t, err, "every entry of a failed call has the call's error")
+		}
 	}
+}
+
+func certs(t *testing.T, der []byte) []*x509.Certificate {
+	t.Helper()
+	c, err := x509.ParseCertificates(der)
+	require.NoError(t, err)
+	return c
 }

@@ -21,13 +21,15 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/tallyid/tally/ca/store"
+	"github.com/tallyid/tally/internal/logkey"
 )
 
 // Log attribute keys.
 
 // Authority is the trust domain's certificate authority. Signing methods,
-// Bundle, SubscribeBundle and Slots are safe for concurrent use and do not
-// block on rotation; Run drives rotation.
+// Bundle, SubscribeBundle, Slots and TaintedX509IDs are safe for concurrent
+// use and do not block on rotation; Run drives rotation, and Prepare,
+// Activate, Taint and Revoke rotate by hand (manual.go).
 type Authority struct {
 	cfg     Config
 	td      spiffeid.TrustDomain
@@ -47,6 +49,7 @@ type Authority struct {
 	subs   subscribers
 
 	upstreamNotAfter atomic.Pointer[time.Time] // see UpstreamNotAfter
+	stepca           *stepCA                   // the connected upstream step-ca; guarded by mu
 }
 
 // New validates cfg, loads the journal and the keys it names from KeyDir, or
@@ -90,7 +93,13 @@ func New(ctx context.Context, cfg Config) (*Authority, error) {
 		return nil, err
 	}
 	if _, err := a.tick(ctx); err != nil {
-		return nil, err
+		// A step due at start that fails (an upstream CA that is down) is
+		// retried by Run, as any failed step; with keys to sign with, that is
+		// no reason not to start.
+		if a.x509.Load() == nil || a.jwt.Load() == nil {
+			return nil, err
+		}
+		a.log.Warn("ca rotation step failed at start; the current keys keep signing", logkey.Error, err)
 	}
 	return a, nil
 }

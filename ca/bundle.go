@@ -17,7 +17,9 @@ func (a *Authority) Bundle() *spiffebundle.Bundle {
 }
 
 // SubscribeBundle returns a channel that receives the current bundle at once
-// and then every new bundle, and a function that ends the subscription and
+// and then every new bundle, and the same bundle again whenever the key
+// slots change while the bundle does not (a key activated or tainted: see
+// Slots and TaintedX509IDs), and a function that ends the subscription and
 // closes the channel. Only the latest bundle is kept for a slow receiver:
 // the authority never blocks on a subscriber. Each received bundle is the
 // receiver's own copy.

@@ -68,6 +68,12 @@ type Config struct {
 	// expiring within X509SVIDTTL is refused.
 	UpstreamCertFile string
 	UpstreamKeyFile  string
+	// StepCA, if set, is an upstream step-ca that signs the X.509 keys'
+	// intermediate certificates instead (not with UpstreamCertFile). Its
+	// root is the bundle's anchor. It is first contacted when an X.509 key is
+	// made; while it cannot be reached the current keys keep signing and the
+	// rotation step is retried with backoff.
+	StepCA *StepCA
 
 	// Clock drives validity times and rotation. Default: the real clock.
 	Clock clock.Clock
@@ -132,6 +138,13 @@ func (c Config) Validate() error {
 		return keyed("RefreshHint", "must be positive, got %s", c.RefreshHint)
 	case (c.UpstreamCertFile == "") != (c.UpstreamKeyFile == ""):
 		return keyed("UpstreamCertFile/UpstreamKeyFile", "set both or neither")
+	case c.StepCA != nil && c.UpstreamCertFile != "":
+		return keyed("StepCA", "an upstream step-ca or upstream files, not both")
+	}
+	if c.StepCA != nil {
+		if err := c.StepCA.validate(); err != nil {
+			return keyed("StepCA", "%v", err)
+		}
 	}
 	maxTTL := c.CATTL / 6
 	for _, f := range []struct {

@@ -15,6 +15,8 @@ import (
 )
 
 // journalVersion is the version of the journal format written by this code.
+// Fields added within a version are optional (retired_at, tainted,
+// tainted_at): a journal written without them reads as it always did.
 const journalVersion = 1
 
 // journalDoc is the persisted form of the authority's state: the key slots
@@ -45,6 +47,13 @@ type journalSlot struct {
 	NotBefore    time.Time `json:"not_before"`
 	NotAfter     time.Time `json:"not_after"`
 	ActivatedAt  time.Time `json:"activated_at,omitzero"`
+	// RetiredAt is when an old slot stopped signing. Journals written
+	// before it was recorded lack it: such a slot is treated as signing
+	// until its NotAfter.
+	RetiredAt time.Time `json:"retired_at,omitzero"`
+	// Tainted and TaintedAt mark an old slot tainted by hand.
+	Tainted   bool      `json:"tainted,omitempty"`
+	TaintedAt time.Time `json:"tainted_at,omitzero"`
 }
 
 func marshalJournal(td spiffeid.TrustDomain, st *state) ([]byte, error) {
@@ -64,6 +73,9 @@ func marshalJournal(td spiffeid.TrustDomain, st *state) ([]byte, error) {
 				NotBefore:   s.notBefore,
 				NotAfter:    s.notAfter,
 				ActivatedAt: s.activatedAt,
+				RetiredAt:   s.retiredAt,
+				Tainted:     s.tainted,
+				TaintedAt:   s.taintedAt,
 			}
 			switch s.kind {
 			case KindX509:
@@ -138,6 +150,12 @@ func parseJournalSlot(td spiffeid.TrustDomain, js journalSlot) (*slot, error) {
 		notBefore:   js.NotBefore,
 		notAfter:    js.NotAfter,
 		activatedAt: js.ActivatedAt,
+		retiredAt:   js.RetiredAt,
+		tainted:     js.Tainted,
+		taintedAt:   js.TaintedAt,
+	}
+	if js.Tainted && js.Status != StatusOld {
+		return nil, fmt.Errorf("%s slot %s is tainted; only old slots can be", js.Status, js.ID)
 	}
 	switch js.Status {
 	case StatusPrepared, StatusActive:

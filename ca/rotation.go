@@ -26,7 +26,9 @@ const (
 // ACTIVE and the previous one OLD; an OLD key stays in the bundle until it
 // expires, since nothing it signed outlives it. Every step is persisted
 // (journal, then bundle) and logged. A failed step is retried with
-// exponential backoff; the current keys keep signing meanwhile.
+// exponential backoff; the current keys keep signing meanwhile. Steps by
+// hand (Prepare, Activate, Taint, Revoke) may come in between: the schedule
+// follows the keys they leave.
 func (a *Authority) Run(ctx context.Context) error {
 	retry := backoff.New(minRetry, maxRetry)
 	for {
@@ -80,7 +82,7 @@ func (a *Authority) tick(ctx context.Context) (time.Time, error) {
 	var all changes
 	var errs []error
 	for _, k := range kinds() {
-		slots, ch, err := a.advance(k, cloneSlots(a.st.slots(k)), now)
+		slots, ch, err := a.advance(ctx, k, cloneSlots(a.st.slots(k)), now)
 		if err != nil {
 			a.removeKeys(ch.created)
 			errs = append(errs, err)
@@ -106,7 +108,7 @@ func (a *Authority) tick(ctx context.Context) (time.Time, error) {
 
 // advance applies the steps due at now to the slots of one kind, which the
 // caller owns.
-func (a *Authority) advance(kind Kind, slots []*slot, now time.Time) ([]*slot, changes, error) {
+func (a *Authority) advance(ctx context.Context, kind Kind, slots []*slot, now time.Time) ([]*slot, changes, error) {
 	var ch changes
 	bootstrap := len(slots) == 0
 
@@ -131,7 +133,7 @@ func (a *Authority) advance(kind Kind, slots []*slot, now time.Time) ([]*slot, c
 	// No usable active key: activate the prepared one, or a new one.
 	if active == nil {
 		if prepared == nil {
-			s, err := a.newSlot(kind, now)
+			s, err := a.newSlot(ctx, kind, now)
 			if err != nil {
 				return nil, ch, err
 			}
@@ -151,7 +153,7 @@ func (a *Authority) advance(kind Kind, slots []*slot, now time.Time) ([]*slot, c
 
 	// At 1/2 of the active key's life, prepare its successor.
 	if prepared == nil && !now.Before(active.prepareAt()) {
-		s, err := a.newSlot(kind, now)
+		s, err := a.newSlot(ctx, kind, now)
 		if err != nil {
 			return nil, ch, err
 		}
@@ -163,26 +165,35 @@ func (a *Authority) advance(kind Kind, slots []*slot, now time.Time) ([]*slot, c
 
 	// At 5/6, hand over. The old key stays in the bundle until it expires.
 	if prepared != nil && !now.Before(a.activateAt(active, prepared)) {
-		ch.obsolete = append(ch.obsolete, active.keyFile)
-		active.status, active.keyFile, active.signer = StatusOld, "", nil
-		ch.event(slog.LevelInfo, "ca key retired; kept in bundle until it expires", active)
-		prepared.status, prepared.activatedAt = StatusActive, now
-		ch.event(slog.LevelInfo, "ca key activated", prepared)
+		ch.handOver(active, prepared, now, "")
 	}
 	return slots, ch, nil
+}
+
+// handOver makes prepared the active slot and active an old one, as of now;
+// how ("" or " by hand") goes in the log lines.
+func (c *changes) handOver(active, prepared *slot, now time.Time, how string) {
+	c.obsolete = append(c.obsolete, active.keyFile)
+	active.status, active.keyFile, active.signer, active.retiredAt = StatusOld, "", nil, now
+	c.event(slog.LevelInfo, "ca key retired"+how+"; kept in bundle until it expires", active)
+	prepared.status, prepared.activatedAt = StatusActive, now
+	c.event(slog.LevelInfo, "ca key activated"+how, prepared)
 }
 
 // activateAt is when prepared replaces active: at 5/6 of active's life, and
 // not before consumers had two refresh hints to fetch prepared.
 func (a *Authority) activateAt(active, prepared *slot) time.Time {
 	t := active.retireAt()
-	if p := prepared.createdAt.Add(2 * a.cfg.RefreshHint); p.After(t) {
+	if p := a.activatableAt(prepared); p.After(t) {
 		return p
 	}
 	return t
 }
 
-func (a *Authority) newSlot(kind Kind, now time.Time) (*slot, error) {
+func (a *Authority) newSlot(ctx context.Context, kind Kind, now time.Time) (*slot, error) {
+	if kind == KindX509 && a.cfg.StepCA != nil {
+		return a.newStepCASlot(ctx, now)
+	}
 	if kind == KindX509 {
 		return a.newX509Slot(now)
 	}
@@ -218,9 +229,11 @@ func (a *Authority) persist(ctx context.Context, next *state, ch changes) error 
 	for _, e := range ch.events {
 		a.log.Log(ctx, e.level, e.msg, logkey.Kind, e.info.Kind, logkey.ID, e.info.ID, logkey.NotAfter, e.info.NotAfter)
 	}
+	// Subscribers get the bundle on every slot change, the same bundle too
+	// (an activation, a taint): they may read Slots and TaintedX509IDs.
+	a.subs.publish(b)
 	if bundleChanged {
 		a.bundleDirty = true
-		a.subs.publish(b)
 		a.log.Info("ca bundle updated", logkey.Sequence, next.seq)
 	}
 	if a.bundleDirty {

@@ -29,6 +29,8 @@ const (
 	StatusOld SlotStatus = "old"
 	// StatusDropped: removed from the bundle. Only reported to Metrics.
 	StatusDropped SlotStatus = "dropped"
+	// StatusRevoked: removed from the bundle by Revoke. Only reported.
+	StatusRevoked SlotStatus = "revoked"
 )
 
 // SlotInfo describes a key slot, for metrics and the dashboard. It holds no
@@ -41,6 +43,12 @@ type SlotInfo struct {
 	NotBefore   time.Time `json:"not_before"`
 	NotAfter    time.Time `json:"not_after"`
 	ActivatedAt time.Time `json:"activated_at,omitzero"`
+	// RetiredAt is when an old key stopped signing; zero for a key retired
+	// by a version that did not record it.
+	RetiredAt time.Time `json:"retired_at,omitzero"`
+	// Tainted marks an old key by Taint: agents re-mint what it signed.
+	Tainted   bool      `json:"tainted,omitempty"`
+	TaintedAt time.Time `json:"tainted_at,omitzero"`
 }
 
 // slot is one key of one kind. Slots are copied on write: a slot reachable
@@ -54,6 +62,9 @@ type slot struct {
 	notBefore   time.Time
 	notAfter    time.Time // x509: chainNotAfter; nothing the slot signs outlives it
 	activatedAt time.Time
+	retiredAt   time.Time // when it became old; zero if not recorded
+	tainted     bool      // old slots only
+	taintedAt   time.Time
 
 	cert     *x509.Certificate   // x509: the CA certificate of this key
 	upstream []*x509.Certificate // x509, upstream mode: the upstream CA certificate and its chain, anchor last
@@ -69,6 +80,9 @@ func (s *slot) info() SlotInfo {
 		NotBefore:   s.notBefore.UTC(),
 		NotAfter:    s.notAfter.UTC(),
 		ActivatedAt: s.activatedAt.UTC(),
+		RetiredAt:   s.retiredAt.UTC(),
+		Tainted:     s.tainted,
+		TaintedAt:   s.taintedAt.UTC(),
 	}
 }
 

@@ -10,6 +10,7 @@ chmod 755 "$DIR"
 NODE_ADDR=${TALLY_NODE_ADDR:-127.0.0.1:8081}
 HTTPS_ADDR=${TALLY_HTTPS_ADDR:-127.0.0.1:8443}
 HEALTH_ADDR=${TALLY_HEALTH_ADDR:-127.0.0.1:8080}
+WEB_ADDR=${TALLY_WEB_ADDR:-127.0.0.1:8444}
 AGENT_HEALTH_ADDR=${TALLY_AGENT_HEALTH_ADDR:-127.0.0.1:8082}
 GREETER_ADDR=${TALLY_GREETER_ADDR:-127.0.0.1:9443}
 ADMIN=$DIR/admin.sock
@@ -29,7 +30,7 @@ wait_for() { # what, command...
 }
 
 "$BIN/tally-server" run --trust-domain example.org --data-dir "$DIR/server" --admin-socket "$ADMIN" \
-  --bind-address "$NODE_ADDR" --http-address "$HTTPS_ADDR" --health-address "$HEALTH_ADDR" \
+  --bind-address "$NODE_ADDR" --http-address "$HTTPS_ADDR" --health-address "$HEALTH_ADDR" --web-address "$WEB_ADDR" \
   --log-format text >"$DIR/server.log" 2>&1 &
 PIDS+=($!)
 wait_for "the server" "$BIN/tallyctl" --socket "$ADMIN" healthcheck
@@ -64,10 +65,14 @@ wait_for "the greeter server" grep -q "listening on" "$DIR/greeter-server.log"
 PIDS+=($!)
 wait_for "the first greeting" grep -q "^ok 1" "$DIR/greeter-client.log"
 
+DASH_TOKEN=$("$BIN/tallyctl" dashboard token -o json | sed -n 's/.*"token": *"\([^"]*\)".*/\1/p')
 cat <<MSG
 
 Tally is running: trust domain example.org, state and logs in $DIR
-  server  $NODE_ADDR (Node API), https://$HTTPS_ADDR (bundle, OIDC), http://$HEALTH_ADDR/metrics
+  server  $NODE_ADDR (Node API), https://$HTTPS_ADDR (bundle, OIDC, token exchange), http://$HEALTH_ADDR/metrics
+  dashboard https://$WEB_ADDR/dashboard/login#token=$DASH_TOKEN
+          (valid 1 h; the page's certificate is from a local serving CA: trust $DIR/server/web/ca.pem
+          in your browser, or \`tallyctl dashboard token\` prints a new token)
   agent   $AGENT_SOCK (Workload API), http://$AGENT_HEALTH_ADDR/metrics
   demo    greeter-server and greeter-client talk mutual TLS every 2 s:
           $(head -1 "$DIR/greeter-client.log")

@@ -327,9 +327,11 @@ func (a *Admin) mintX509(ctx context.Context, req *tallyv1.MintX509SVIDRequest) 
 	if err := ca.CheckCSR(csr, id, dns); err != nil {
 		return nil, err
 	}
-	return signX509(ctx, a.cfg.Authority, a.cfg.Metrics, ca.X509SVIDParams{
+	chain, err := signX509(ctx, a.cfg.Authority, a.cfg.Metrics, ca.X509SVIDParams{
 		PublicKey: csr.PublicKey, ID: id, DNSNames: dns, TTL: ttl,
 	})
+	a.recordX509Mint(ctx, req.GetSpiffeId(), chain, err)
+	return chain, err
 }
 
 // MintJWTSVID signs a JWT-SVID for any workload ID of the trust domain.
@@ -347,6 +349,7 @@ func (a *Admin) MintJWTSVID(ctx context.Context, req *tallyv1.MintJWTSVIDRequest
 	token, exp, err := signJWT(ctx, a.cfg.Authority, a.cfg.Metrics, a.cfg.JWTIssuer, ca.JWTSVIDParams{
 		ID: spiffeid.RequireFromString(req.GetSpiffeId()), Audience: req.GetAudience(), TTL: ttl,
 	})
+	a.recordJWTMint(ctx, req.GetSpiffeId(), token, exp, err)
 	if err != nil {
 		return nil, a.fail(ctx, "jwt_mint", req.GetSpiffeId(), err)
 	}

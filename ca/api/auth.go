@@ -20,11 +20,16 @@ import (
 // peerVerifier verifies callers' TLS client certificates as X509-SVIDs of
 // the trust domain. A chain that verified against the current bundle is
 // remembered (by the leaf's hash, until it expires or the bundle changes),
-// so calls on an established connection skip the signature checks.
+// so calls on an established connection skip the signature checks. A
+// remembered verification holds only for the bundle sequence it was made
+// with, and the first call with a later bundle forgets them
+// all: a key revoked from the bundle (which bumps the sequence)
+// authenticates nothing from the next call on.
 type peerVerifier struct {
 	td spiffeid.TrustDomain
 
 	mu   sync.Mutex
+	seq  uint64 // the latest bundle sequence seen; seen holds only verifications made with it
 	seen map[[32]byte]verified
 }
 
@@ -56,6 +61,10 @@ func (v *peerVerifier) verify(ctx context.Context, bundle *spiffebundle.Bundle, 
 	key := sha256.Sum256(certs[0].Raw)
 
 	v.mu.Lock()
+	if seq > v.seq {
+		clear(v.seen)
+		v.seq = seq
+	}
 	hit, ok := v.seen[key]
 	v.mu.Unlock()
 	if ok && hit.bundleSeq == seq && !now.Before(hit.notBefore) && now.Before(hit.notAfter) {
@@ -78,7 +87,9 @@ func (v *peerVerifier) verify(ctx context.Context, bundle *spiffebundle.Bundle, 
 	if len(v.seen) >= maxVerified {
 		clear(v.seen)
 	}
-	v.seen[key] = verified{id: id, bundleSeq: seq, notBefore: notBefore, notAfter: notAfter}
+	if seq == v.seq { // not a call that raced a bundle change with the older bundle
+		v.seen[key] = verified{id: id, bundleSeq: seq, notBefore: notBefore, notAfter: notAfter}
+	}
 	v.mu.Unlock()
 	return id, certs[0], nil
 }

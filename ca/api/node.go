@@ -142,6 +142,7 @@ func NewNode(cfg NodeConfig) *Node {
 // AttestAgent verifies an agent credential and signs its first SVID.
 func (n *Node) AttestAgent(ctx context.Context, req *tallyv1.AttestAgentRequest) (*tallyv1.AttestAgentResponse, error) {
 	resp, who, err := n.attestAgent(ctx, req)
+	n.recordAttestation(req.GetAttestationType(), who, resp, err)
 	n.auditLog(ctx, who, "attest_agent", req.GetAttestationType(), err)
 	return resp, toStatus(n.cfg.Logger, "AttestAgent", err)
 }
@@ -207,6 +208,7 @@ func (n *Node) RenewAgent(ctx context.Context, req *tallyv1.RenewAgentRequest) (
 		return nil, toStatus(n.cfg.Logger, "RenewAgent", err)
 	}
 	resp, err := n.renewAgent(ctx, agent, req)
+	n.recordAgentRenewal(agent, resp, err)
 	n.auditLog(ctx, agent.ID, "renew_agent", agent.ID, err)
 	return resp, toStatus(n.cfg.Logger, "RenewAgent", err)
 }
@@ -231,7 +233,12 @@ func (n *Node) renewAgent(ctx context.Context, agent store.Agent, req *tallyv1.R
 
 // SyncEntries streams the calling agent's entries: a snapshot or the
 // changes after since_revision, then every later change, and the bundle
-// whenever it changes.
+// whenever it changes. Every message with a bundle carries the tainted X.509
+// keys (NodeConfig.Tainted), and the bundle is sent again, with the same
+// sequence, whenever that set changes: the authority wakes its bundle
+// subscribers on every slot change, a taint included. Each wake-up also
+// re-checks the agent's SVID at once, so that a stream authenticated by a
+// revoked key ends.
 func (n *Node) SyncEntries(req *tallyv1.SyncEntriesRequest, stream tallyv1.Node_SyncEntriesServer) error {
 	ctx := stream.Context()
 	agent, err := n.authAgent(ctx)
@@ -247,17 +254,25 @@ func (n *Node) SyncEntries(req *tallyv1.SyncEntriesRequest, stream tallyv1.Node_
 
 	sc := scopeOf(agent)
 	since, bundleSeq := req.GetSinceRevision(), req.GetBundleSequence()
+	var sentTainted []string // the tainted X.509 keys last sent
 	for {
 		d := n.cfg.Entries.Changes(sc, since)
-		bundle, seq, err := n.bundleIfChanged(bundleSeq)
+		var tainted []string
+		if n.cfg.Tainted != nil {
+			tainted = n.cfg.Tainted()
+		}
+		bundle, seq, err := n.bundleIfChanged(bundleSeq, !slices.Equal(tainted, sentTainted))
 		if err != nil {
 			return toStatus(n.cfg.Logger, "SyncEntries", err)
 		}
 		if !d.Empty() || bundle != nil || since == 0 {
-			if err := n.sendDelta(stream, d, bundle); err != nil {
+			if err := n.sendDelta(stream, d, bundle, tainted); err != nil {
 				return err
 			}
 			since, bundleSeq = d.Revision, seq
+			if bundle != nil {
+				sentTainted = tainted
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -266,6 +281,11 @@ func (n *Node) SyncEntries(req *tallyv1.SyncEntriesRequest, stream tallyv1.Node_
 			return toStatus(n.cfg.Logger, "SyncEntries", errShuttingDown)
 		case <-entriesCh:
 		case <-bundleCh:
+			// The key that signed the agent's SVID may have been revoked:
+			// such an agent is refused at once, not at the next recheck.
+			if _, err := n.authAgent(ctx); err != nil {
+				return toStatus(n.cfg.Logger, "SyncEntries", err)
+			}
 		case <-recheck.C():
 			if _, err := n.authAgent(ctx); err != nil {
 				return toStatus(n.cfg.Logger, "SyncEntries", err)
@@ -274,17 +294,21 @@ func (n *Node) SyncEntries(req *tallyv1.SyncEntriesRequest, stream tallyv1.Node_
 	}
 }
 
-func (n *Node) bundleIfChanged(have uint64) ([]byte, uint64, error) {
+// bundleIfChanged returns the bundle and its sequence number; the bundle is
+// nil if its sequence is have, unless force.
+func (n *Node) bundleIfChanged(have uint64, force bool) ([]byte, uint64, error) {
 	b := n.cfg.Authority.Bundle()
 	seq, _ := b.SequenceNumber()
-	if seq == have {
+	if seq == have && !force {
 		return nil, seq, nil
 	}
 	raw, err := b.Marshal()
 	return raw, seq, err
 }
 
-func (n *Node) sendDelta(stream tallyv1.Node_SyncEntriesServer, d registry.Delta, bundle []byte) error {
+// sendDelta sends d in chunks; the first message carries the deletions and,
+// if not nil, the bundle with the tainted X.509 keys.
+func (n *Node) sendDelta(stream tallyv1.Node_SyncEntriesServer, d registry.Delta, bundle []byte, tainted []string) error {
 	chunk := n.cfg.SnapshotChunk
 	first := true
 	for first || len(d.Upserts) > 0 {
@@ -303,6 +327,9 @@ func (n *Node) sendDelta(stream tallyv1.Node_SyncEntriesServer, d registry.Delta
 		if first {
 			msg.DeletedIds = d.Deleted
 			msg.Bundle = bundle
+			if bundle != nil {
+				msg.TaintedX509Ids = tainted
+			}
 		}
 		if err := stream.Send(msg); err != nil {
 			return err
@@ -330,6 +357,7 @@ func (n *Node) BatchNewX509SVID(ctx context.Context, req *tallyv1.BatchNewX509SV
 	for i, r := range reqs {
 		g.Go(func() error {
 			chain, id, err := n.newX509SVID(ctx, sc, r)
+			n.recordX509(agent, r.GetEntryId(), id, chain, err)
 			res := &tallyv1.X509SVIDResult{EntryId: r.GetEntryId()}
 			if err != nil {
 				res.Error = err.Error()
@@ -372,6 +400,7 @@ func (n *Node) NewJWTSVID(ctx context.Context, req *tallyv1.NewJWTSVIDRequest) (
 		return nil, toStatus(n.cfg.Logger, "NewJWTSVID", err)
 	}
 	resp, id, err := n.newJWTSVID(ctx, scopeOf(agent), req)
+	n.recordJWT(agent, req.GetEntryId(), id, resp, err)
 	n.auditLog(ctx, agent.ID, "jwt_svid", id, err)
 	return resp, toStatus(n.cfg.Logger, "NewJWTSVID", err)
 }
@@ -410,6 +439,7 @@ func (n *Node) BatchNewJWTSVID(ctx context.Context, req *tallyv1.BatchNewJWTSVID
 	for i, r := range reqs {
 		g.Go(func() error {
 			resp, id, err := n.newJWTSVID(ctx, sc, r)
+			n.recordJWT(agent, r.GetEntryId(), id, resp, err)
 			res := &tallyv1.JWTSVIDResult{EntryId: r.GetEntryId()}
 			if err != nil {
 				res.Error = err.Error()

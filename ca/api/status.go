@@ -44,7 +44,7 @@ func toStatus(log *slog.Logger, method string, err error) error {
 		code = codes.PermissionDenied
 	case errors.Is(err, errUnauthenticated):
 		code = codes.Unauthenticated
-	case errors.Is(err, ca.ErrNotReady), errors.Is(err, errShuttingDown):
+	case errors.Is(err, ca.ErrNotReady), errors.Is(err, ca.ErrUpstream), errors.Is(err, errShuttingDown):
 		code = codes.Unavailable
 	case errors.Is(err, errBusy):
 		code = codes.ResourceExhausted

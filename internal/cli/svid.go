@@ -57,7 +57,7 @@ but watch.`,
 		Short: "Fetch X509-SVIDs, JWT-SVIDs or trust bundles once",
 	}
 	fetch.AddCommand(api.newFetchX509Command(), api.newFetchJWTCommand(), api.newFetchBundleCommand())
-	cmd.AddCommand(fetch, api.newWatchCommand(), api.newValidateCommand())
+	cmd.AddCommand(fetch, api.newWatchCommand(), api.newValidateCommand(), a.newSVIDHistoryCommand())
 	return cmd
 }
 

@@ -217,8 +217,11 @@ func TestAgentRestartDoesNotReattest(t *testing.T) {
 		Selectors: []*tallyv1.Selector{{Type: "unix", Value: uidSelector()}}})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	_, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr(a.Addr()))
-	require.NoError(t, err)
+	var err error
+	require.Eventually(t, func() bool { // the agent has the new entry
+		_, err = workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr(a.Addr()))
+		return err == nil
+	}, 30*time.Second, 50*time.Millisecond, "first SVID: %v", err)
 
 	a.Stop(t)
 	a.Start(t) // same data dir; the join token is spent

@@ -28,7 +28,7 @@ import (
 
 // cfgAddrs are the addresses and paths of one tally-server process.
 type cfgAddrs struct {
-	dataDir, socket, bind, http, health string
+	dataDir, socket, bind, http, health, web string
 }
 
 func newCfgAddrs(t *testing.T) cfgAddrs {
@@ -40,19 +40,20 @@ func newCfgAddrs(t *testing.T) cfgAddrs {
 		bind:    harness.FreeAddr(t),
 		http:    harness.FreeAddr(t),
 		health:  harness.FreeAddr(t),
+		web:     harness.FreeAddr(t),
 	}
 }
 
 // flags are the command-line flags naming a.
 func (a cfgAddrs) flags() []string {
 	return []string{"--data-dir", a.dataDir, "--admin-socket", a.socket, "--bind-address", a.bind,
-		"--http-address", a.http, "--health-address", a.health}
+		"--http-address", a.http, "--health-address", a.health, "--web-address", a.web}
 }
 
 // yaml is the config file lines naming a.
 func (a cfgAddrs) yaml() string {
-	return fmt.Sprintf("data_dir: %s\nadmin_socket: %s\nbind_address: %s\nhttp_address: %s\nhealth_address: %s\n",
-		a.dataDir, a.socket, a.bind, a.http, a.health)
+	return fmt.Sprintf("data_dir: %s\nadmin_socket: %s\nbind_address: %s\nhttp_address: %s\nhealth_address: %s\nweb_address: %s\n",
+		a.dataDir, a.socket, a.bind, a.http, a.health, a.web)
 }
 
 // cfgWriteFile writes a config file into a temp dir and returns its path.

@@ -26,6 +26,7 @@ func TestMakeRun(t *testing.T) {
 		"TALLY_NODE_ADDR=" + harness.FreeAddr(t),
 		"TALLY_HTTPS_ADDR=" + harness.FreeAddr(t),
 		"TALLY_HEALTH_ADDR=" + harness.FreeAddr(t),
+		"TALLY_WEB_ADDR=" + harness.FreeAddr(t),
 		"TALLY_AGENT_HEALTH_ADDR=" + harness.FreeAddr(t),
 		"TALLY_GREETER_ADDR=" + harness.FreeAddr(t),
 	}

@@ -24,7 +24,7 @@ func TestTodosDemo(t *testing.T) {
 	_, file, _, _ := runtime.Caller(0)
 	script := filepath.Join(filepath.Dir(file), "..", "..", "scripts", "demo-todos.sh")
 	env := []string{"TALLY_BIN=" + harness.Binaries(t)}
-	for _, name := range []string{"TALLY_NODE_ADDR", "TALLY_HTTPS_ADDR", "TALLY_HEALTH_ADDR", "TALLY_AGENT_HEALTH_ADDR",
+	for _, name := range []string{"TALLY_NODE_ADDR", "TALLY_HTTPS_ADDR", "TALLY_HEALTH_ADDR", "TALLY_WEB_ADDR", "TALLY_AGENT_HEALTH_ADDR",
 		"TODOS_IDP_ADDR", "TODOS_TODOS_ADDR", "TODOS_TODOS_DEMO_ADDR", "TODOS_REMINDERS_ADDR", "TODOS_SHARES_ADDR"} {
 		env = append(env, name+"="+harness.FreeAddr(t))
 	}

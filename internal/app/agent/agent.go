@@ -48,6 +48,8 @@ type components struct {
 	metrics      *prometheus.Registry
 	session      *agent.Session
 	cache        *agent.Cache
+	reporter     *agent.Reporter
+	token        *agent.TokenExpiry          // nil unless node_attestor is k8s_psat
 	runAttestors func(context.Context) error // nil without a pod watch
 	workload     *workloadapi.Server
 	healthSrv    *http.Server
@@ -87,6 +89,7 @@ func (a *Agent) build(ctx context.Context) (_ *components, err error) {
 		InsecureBootstrap: cfg.InsecureBootstrap,
 		Credential:        credential(cfg),
 		Metrics:           metrics,
+		TaintJitter:       cfg.TaintJitter,
 		Clock:             cfg.Clock,
 		Logger:            a.log,
 	}); err != nil {
@@ -102,6 +105,24 @@ func (a *Agent) build(ctx context.Context) (_ *components, err error) {
 		JWTCacheSize: cfg.JWTCacheSize,
 		JWTMintRate:  cfg.JWTMintRate,
 		JWTMintBurst: cfg.JWTMintBurst,
+		TaintJitter:  cfg.TaintJitter,
+	})
+	tokenNotAfter := func() time.Time { return time.Time{} }
+	if cfg.NodeAttestor == k8spsat.Type {
+		c.token = agent.NewTokenExpiry(agent.TokenExpiryConfig{
+			Path: cfg.PSATTokenPath, Metrics: metrics, Clock: cfg.Clock, Logger: a.log.With(logkey.Component, "token"),
+		})
+		tokenNotAfter = c.token.NotAfter
+	}
+	c.reporter = agent.NewReporter(agent.ReporterConfig{
+		Session:       c.session,
+		Cache:         c.cache,
+		TokenNotAfter: tokenNotAfter,
+		Interval:      cfg.ReportInterval,
+		Heartbeat:     cfg.ReportHeartbeat,
+		Metrics:       metrics,
+		Clock:         cfg.Clock,
+		Logger:        a.log.With(logkey.Component, "report"),
 	})
 	if err := c.session.Start(ctx); err != nil {
 		return nil, err
@@ -124,9 +145,43 @@ func (a *Agent) build(ctx context.Context) (_ *components, err error) {
 		return nil, fmt.Errorf("agent: health_address: %w", err)
 	}
 	c.Add(c.healthLis.Close)
-	c.healthSrv = &http.Server{Handler: health.Handler(func() bool { return a.ready.Load() && c.cache.Synced() }, c.metrics),
+	c.healthSrv = &http.Server{
+		Handler: health.NewHandler(health.Config{
+			Ready:    func() bool { return a.ready.Load() && c.cache.Synced() },
+			Degraded: func() []string { return a.degraded(c) },
+			Metrics:  c.metrics,
+		}),
 		ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, MaxHeaderBytes: 16 << 10}
 	return c, nil
+}
+
+// degraded is /healthz's detail. The agent is degraded when its SVID has
+// expired (it could not renew it: a node suspended for longer than its
+// life, a server away) and it cannot attest again either: its projected
+// service-account token expired too, or cannot be read (k8s_psat; the
+// kubelet rewrites it, after a resume, soon or not at all), or it attests
+// with a join token, which works once. It still serves the workload SVIDs
+// it has, so /readyz does not change; the gauges
+// tally_agent_svid_expiry_timestamp_seconds and
+// tally_agent_token_expiry_timestamp_seconds show the deadline coming
+// before it is reached.
+func (a *Agent) degraded(c *components) []string {
+	now := a.cfg.Clock.Now()
+	svid := c.session.SVIDNotAfter()
+	if svid.IsZero() || now.Before(svid) {
+		return nil
+	}
+	expired := "agent SVID expired at " + svid.UTC().Format(time.RFC3339)
+	if c.token == nil {
+		return []string{expired + "; a join token attests only once: the agent needs a new one"}
+	}
+	switch token := c.token.NotAfter(); {
+	case token.IsZero():
+		return []string{expired + " and the projected service-account token's expiry is unknown (unreadable?): the agent may not be able to attest again"}
+	case !now.Before(token):
+		return []string{expired + " and the projected service-account token expired at " + token.UTC().Format(time.RFC3339) + ": the agent cannot attest again until the kubelet refreshes it"}
+	}
+	return nil
 }
 
 // serve runs every component until ctx is done or one fails.
@@ -134,6 +189,10 @@ func (a *Agent) serve(ctx context.Context, c *components) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return c.session.Run(ctx, c.cache) })
 	g.Go(func() error { return c.cache.Run(ctx) })
+	g.Go(func() error { return c.reporter.Run(ctx) })
+	if c.token != nil {
+		g.Go(func() error { return c.token.Run(ctx) })
+	}
 	if c.runAttestors != nil {
 		g.Go(func() error { return c.runAttestors(ctx) })
 	}

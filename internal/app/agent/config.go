@@ -7,6 +7,7 @@ import (
 	"math"
 	"net"
 	"os"
+	"time"
 
 	"github.com/spf13/pflag"
 	"k8s.io/utils/clock"
@@ -76,6 +77,18 @@ type Config struct {
 	// ResourceExhausted. Cached JWT-SVIDs are always served.
 	JWTMintRate  float64 `yaml:"jwt_mint_rate"`
 	JWTMintBurst int     `yaml:"jwt_mint_burst"`
+	// TaintJitter (> 0) bounds how soon an SVID (a workload's or the
+	// agent's own) signed by a key the server reports tainted is renewed:
+	// at a random time within it, or within a tenth of the SVID's
+	// remaining life if that is shorter, so that a taint spreads the
+	// node's renewals. The old SVID is served until the new one arrives.
+	TaintJitter time.Duration `yaml:"taint_jitter"`
+	// ReportInterval (> 0) is the least time between two reports to the
+	// server of the SVIDs the agent serves (changes within it go in one);
+	// ReportHeartbeat (>= ReportInterval) the longest silence, after which
+	// a report with no change is sent.
+	ReportInterval  time.Duration `yaml:"report_interval"`
+	ReportHeartbeat time.Duration `yaml:"report_heartbeat"`
 	// LogLevel is debug, info, warn or error; LogFormat is json or text.
 	LogLevel  string `yaml:"log_level"`
 	LogFormat string `yaml:"log_format"`
@@ -115,6 +128,9 @@ func DefaultConfig() Config {
 		JWTCacheSize:     agent.DefaultJWTCacheSize,
 		JWTMintRate:      agent.DefaultJWTMintRate,
 		JWTMintBurst:     agent.DefaultJWTMintBurst,
+		TaintJitter:      agent.DefaultTaintJitter,
+		ReportInterval:   agent.DefaultReportInterval,
+		ReportHeartbeat:  agent.DefaultReportHeartbeat,
 		LogLevel:         "info",
 		LogFormat:        "json",
 	}
@@ -143,6 +159,9 @@ func BindFlags(fs *pflag.FlagSet, c *Config) {
 	fs.IntVar(&c.JWTCacheSize, "jwt-cache-size", c.JWTCacheSize, "JWT-SVIDs kept, each until half its lifetime (LRU)")
 	fs.Float64Var(&c.JWTMintRate, "jwt-mint-rate", c.JWTMintRate, "fresh JWT-SVIDs (not cached) per second per SPIFFE ID; beyond it ResourceExhausted")
 	fs.IntVar(&c.JWTMintBurst, "jwt-mint-burst", c.JWTMintBurst, "fresh JWT-SVIDs a SPIFFE ID may have minted at once, before jwt-mint-rate applies")
+	fs.DurationVar(&c.TaintJitter, "taint-jitter", c.TaintJitter, "SVIDs signed by a tainted key are renewed at random within this (or a tenth of their remaining life, if shorter)")
+	fs.DurationVar(&c.ReportInterval, "report-interval", c.ReportInterval, "least time between two reports of the served SVIDs to the server")
+	fs.DurationVar(&c.ReportHeartbeat, "report-heartbeat", c.ReportHeartbeat, "longest time without a report to the server (one with no change is sent)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "json or text")
 }
@@ -200,6 +219,15 @@ func (c Config) Validate() error {
 	}
 	if c.JWTMintBurst <= 0 {
 		return fmt.Errorf("config: jwt_mint_burst must be positive, got %d", c.JWTMintBurst)
+	}
+	if c.TaintJitter <= 0 {
+		return fmt.Errorf("config: taint_jitter must be positive, got %s", c.TaintJitter)
+	}
+	if c.ReportInterval <= 0 {
+		return fmt.Errorf("config: report_interval must be positive, got %s", c.ReportInterval)
+	}
+	if c.ReportHeartbeat < c.ReportInterval {
+		return fmt.Errorf("config: report_heartbeat (%s) must be at least report_interval (%s)", c.ReportHeartbeat, c.ReportInterval)
 	}
 	return logging.Check(c.LogLevel, c.LogFormat)
 }

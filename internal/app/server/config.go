@@ -20,6 +20,7 @@ import (
 	"github.com/tallyid/tally/ca"
 	"github.com/tallyid/tally/ca/exchange"
 	"github.com/tallyid/tally/internal/config"
+	"github.com/tallyid/tally/internal/dnsname"
 	"github.com/tallyid/tally/internal/logging"
 	tallyv1 "github.com/tallyid/tally/proto/tally/v1"
 )
@@ -36,6 +37,14 @@ type Config struct {
 	// HTTPAddress serves HTTPS: the SPIFFE bundle endpoint (https_spiffe)
 	// at /, OIDC discovery at /.well-known/openid-configuration and /keys.
 	HTTPAddress string `yaml:"http_address"`
+	// WebAddress serves HTTPS for browsers and standard OIDC clients: the
+	// SVID rotation dashboard under /dashboard/ and OIDC discovery, with a
+	// web serving certificate (WebCertFile and WebKeyFile, or one for
+	// WebDNSNames signed by a local serving CA kept in data_dir/web).
+	WebAddress  string   `yaml:"web_address"`
+	WebCertFile string   `yaml:"web_cert_file"`
+	WebKeyFile  string   `yaml:"web_key_file"`
+	WebDNSNames []string `yaml:"web_dns_names"`
 	// HealthAddress serves /livez, /readyz and /metrics over plain HTTP.
 	HealthAddress string `yaml:"health_address"`
 	// AdminSocket is the Admin API's Unix socket (mode 0600).
@@ -56,6 +65,13 @@ type Config struct {
 	// server's intermediates, instead of a self-signed root.
 	UpstreamCertFile string `yaml:"upstream_cert_file"`
 	UpstreamKeyFile  string `yaml:"upstream_key_file"`
+	// UpstreamStepCA* name an upstream step-ca instead: its URL, the hex
+	// SHA-256 of its root certificate, a JWK provisioner and the file with
+	// its key's password (docs/upstream.md).
+	UpstreamStepCAURL          string `yaml:"upstream_step_ca_url"`
+	UpstreamStepCAFingerprint  string `yaml:"upstream_step_ca_fingerprint"`
+	UpstreamStepCAProvisioner  string `yaml:"upstream_step_ca_provisioner"`
+	UpstreamStepCAPasswordFile string `yaml:"upstream_step_ca_password_file"`
 	// AdminIDs may call the Admin API over mTLS on bind_address.
 	AdminIDs []string `yaml:"admin_ids"`
 	// PSATCluster, when set, enables k8s_psat node attestation for agents of
@@ -126,6 +142,8 @@ func DefaultConfig() Config {
 		BindAddress:   "127.0.0.1:8081",
 		HTTPAddress:   "127.0.0.1:8443",
 		HealthAddress: "127.0.0.1:8080",
+		WebAddress:    "127.0.0.1:8444",
+		WebDNSNames:   []string{"localhost"},
 		AdminSocket:   tallyv1.DefaultAdminSocket,
 		CATTL:         ca.DefaultCATTL,
 		PSATAudience:  k8spsat.DefaultAudience,
@@ -143,6 +161,10 @@ func BindFlags(fs *pflag.FlagSet, c *Config) {
 	fs.StringVar(&c.BindAddress, "bind-address", c.BindAddress, "Node API (gRPC over TLS) address")
 	fs.StringVar(&c.HTTPAddress, "http-address", c.HTTPAddress, "HTTPS address: bundle endpoint and OIDC discovery")
 	fs.StringVar(&c.HealthAddress, "health-address", c.HealthAddress, "HTTP address of /livez, /readyz, /metrics")
+	fs.StringVar(&c.WebAddress, "web-address", c.WebAddress, "HTTPS address for browsers: the dashboard and OIDC discovery, with a web serving certificate")
+	fs.StringVar(&c.WebCertFile, "web-cert-file", c.WebCertFile, "web serving certificate (PEM, chain), reloaded when it changes; default: one from a local serving CA")
+	fs.StringVar(&c.WebKeyFile, "web-key-file", c.WebKeyFile, "web serving key (PEM)")
+	fs.StringSliceVar(&c.WebDNSNames, "web-dns-name", c.WebDNSNames, "DNS name or IP of the local web serving certificate (repeatable)")
 	fs.StringVar(&c.AdminSocket, "admin-socket", c.AdminSocket, "Admin API Unix socket")
 	fs.DurationVar(&c.CATTL, "ca-ttl", c.CATTL, "lifetime of each CA signing key")
 	fs.DurationVar(&c.X509SVIDTTL, "x509-svid-ttl", c.X509SVIDTTL, "default X509-SVID lifetime, at most ca-ttl/6 (default min(1h, ca-ttl/6))")
@@ -151,6 +173,10 @@ func BindFlags(fs *pflag.FlagSet, c *Config) {
 	fs.StringVar(&c.JWTIssuer, "jwt-issuer", c.JWTIssuer, "OIDC issuer URL of JWT-SVIDs (default https://<http-address>)")
 	fs.StringVar(&c.UpstreamCertFile, "upstream-cert-file", c.UpstreamCertFile, "upstream CA certificate (PEM)")
 	fs.StringVar(&c.UpstreamKeyFile, "upstream-key-file", c.UpstreamKeyFile, "upstream CA private key (PEM)")
+	fs.StringVar(&c.UpstreamStepCAURL, "upstream-step-ca-url", c.UpstreamStepCAURL, "upstream step-ca (https://host:port) that signs the X.509 intermediates")
+	fs.StringVar(&c.UpstreamStepCAFingerprint, "upstream-step-ca-fingerprint", c.UpstreamStepCAFingerprint, "hex SHA-256 of the upstream step-ca's root certificate")
+	fs.StringVar(&c.UpstreamStepCAProvisioner, "upstream-step-ca-provisioner", c.UpstreamStepCAProvisioner, "the upstream step-ca's JWK provisioner")
+	fs.StringVar(&c.UpstreamStepCAPasswordFile, "upstream-step-ca-password-file", c.UpstreamStepCAPasswordFile, "file with the password of the provisioner's key")
 	fs.StringSliceVar(&c.AdminIDs, "admin-id", c.AdminIDs, "SPIFFE ID allowed to call the Admin API over mTLS (repeatable)")
 	fs.StringVar(&c.PSATCluster, "psat-cluster", c.PSATCluster, "enable k8s_psat agent attestation for this cluster name")
 	fs.StringVar(&c.PSATKubeconfig, "psat-kubeconfig", c.PSATKubeconfig, "kubeconfig for TokenReview (default: in-cluster)")
@@ -168,7 +194,7 @@ func (c Config) Validate() error {
 	if err := config.CheckTrustDomain(c.TrustDomain); err != nil {
 		return err
 	}
-	for key, addr := range map[string]string{"bind_address": c.BindAddress, "http_address": c.HTTPAddress, "health_address": c.HealthAddress} {
+	for key, addr := range map[string]string{"bind_address": c.BindAddress, "http_address": c.HTTPAddress, "health_address": c.HealthAddress, "web_address": c.WebAddress} {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			return fmt.Errorf("config: %s %q: %w", key, addr, err)
 		}
@@ -191,8 +217,29 @@ func (c Config) Validate() error {
 				"and rotation activates the next key at 5/6 of ca_ttl", k.key, k.ttl, c.CATTL/6)
 		}
 	}
+	if (c.WebCertFile == "") != (c.WebKeyFile == "") {
+		return errors.New("config: web_cert_file and web_key_file go together")
+	}
+	if c.WebCertFile == "" && len(c.WebDNSNames) == 0 {
+		return errors.New("config: web_dns_names is required without web_cert_file")
+	}
+	for _, n := range c.WebDNSNames {
+		if net.ParseIP(n) == nil {
+			if err := dnsname.Check(n); err != nil {
+				return fmt.Errorf("config: web_dns_names: %q: %w", n, err)
+			}
+		}
+	}
 	if (c.UpstreamCertFile == "") != (c.UpstreamKeyFile == "") {
 		return errors.New("config: upstream_cert_file and upstream_key_file go together")
+	}
+	if sc := c.stepCA(); sc != nil {
+		if c.UpstreamCertFile != "" {
+			return errors.New("config: an upstream step-ca (upstream_step_ca_*) or upstream files, not both")
+		}
+		if sc.URL == "" || sc.Fingerprint == "" || sc.Provisioner == "" || sc.PasswordFile == "" {
+			return errors.New("config: upstream_step_ca_url, _fingerprint, _provisioner and _password_file go together")
+		}
 	}
 	for _, id := range c.AdminIDs {
 		if _, err := spiffeid.FromString(id); err != nil {
@@ -217,4 +264,13 @@ func (c Config) Validate() error {
 		return fmt.Errorf("config: %w", err)
 	}
 	return logging.Check(c.LogLevel, c.LogFormat)
+}
+
+// stepCA is the upstream step-ca the config names, or nil.
+func (c Config) stepCA() *ca.StepCA {
+	if c.UpstreamStepCAURL == "" && c.UpstreamStepCAFingerprint == "" && c.UpstreamStepCAProvisioner == "" && c.UpstreamStepCAPasswordFile == "" {
+		return nil
+	}
+	return &ca.StepCA{URL: c.UpstreamStepCAURL, Fingerprint: c.UpstreamStepCAFingerprint,
+		Provisioner: c.UpstreamStepCAProvisioner, PasswordFile: c.UpstreamStepCAPasswordFile}
 }

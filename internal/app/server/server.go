@@ -26,7 +26,10 @@ import (
 	"github.com/tallyid/tally/attest/k8spsat"
 	"github.com/tallyid/tally/ca"
 	"github.com/tallyid/tally/ca/api"
+	"github.com/tallyid/tally/ca/dashboard"
 	"github.com/tallyid/tally/ca/exchange"
+	"github.com/tallyid/tally/ca/fleet"
+	"github.com/tallyid/tally/ca/records"
 	"github.com/tallyid/tally/ca/registry"
 	"github.com/tallyid/tally/ca/store"
 	"github.com/tallyid/tally/ca/store/badgerstore"
@@ -68,6 +71,11 @@ type components struct {
 	admin     *api.Admin
 	exchange  *exchange.Service
 	metrics   *prometheus.Registry
+	records   *records.Recorder
+	fleet     *fleet.Fleet
+	rotations *records.Rotations
+	dashboard *dashboard.Handler
+	webCA     string // the local serving CA's certificate file; empty with web_cert_file
 
 	nodeLis            *nodeListener
 	tlsGRPC, bootGRPC  *grpc.Server
@@ -75,6 +83,8 @@ type components struct {
 	adminLis           net.Listener
 	https, healthSrv   *http.Server
 	httpsLis, healthLn net.Listener
+	web                *http.Server
+	webLis             net.Listener
 
 	closer.Stack // what build opened; Close releases it
 }
@@ -135,6 +145,7 @@ func (s *Server) buildCore(ctx context.Context, c *components) error {
 		JWTSVIDTTL:       cfg.JWTSVIDTTL,
 		UpstreamCertFile: cfg.UpstreamCertFile,
 		UpstreamKeyFile:  cfg.UpstreamKeyFile,
+		StepCA:           cfg.stepCA(),
 		Clock:            s.clock,
 		Logger:           s.log.With(logkey.Component, "ca"),
 	})
@@ -151,6 +162,11 @@ func (s *Server) buildCore(ctx context.Context, c *components) error {
 		return err
 	}
 	registerGauges(c.metrics, c.registry, st, c.authority, upstreamCollector{a: c.authority, clock: s.clock, slotTTL: cfg.CATTL})
+	c.records = records.New(records.Config{Clock: s.clock})
+	c.rotations = records.NewRotations(records.RotationsConfig{Authority: c.authority, Recorder: c.records, Clock: s.clock})
+	c.fleet = fleet.New(fleet.Config{TrustDomain: s.td, Slots: c.authority, Agents: st, Entries: c.registry,
+		IssuanceFailures: c.records.IssuanceFailures, Clock: s.clock, Logger: s.log.With(logkey.Component, "fleet")})
+	c.metrics.MustRegister(c.fleet.Collector())
 	c.svid = newServerSVID(reserved.ServerID(s.td), c.authority, s.clock, s.log.With(logkey.Component, "server-svid"))
 	return c.svid.renew(ctx)
 }
@@ -190,21 +206,27 @@ func (s *Server) buildAPIs(c *components) error {
 		AgentSVIDTTL: cfg.AgentSVIDTTL,
 		JWTIssuer:    cfg.JWTIssuer,
 		Exchanger:    c.exchange,
+		Tainted:      c.authority.TaintedX509IDs,
+		Records:      c.records,
+		Fleet:        c.fleet,
 		Metrics:      metrics,
 		Clock:        s.clock,
 		Logger:       s.log.With(logkey.Component, "node-api"),
 	})
 	c.admin = api.NewAdmin(api.AdminConfig{
-		TrustDomain: s.td,
-		Authority:   c.authority,
-		Registry:    c.registry,
-		Store:       c.store,
-		TokenKey:    jointoken.TokenID,
-		AdminIDs:    cfg.AdminIDs,
-		JWTIssuer:   cfg.JWTIssuer,
-		Metrics:     metrics,
-		Clock:       s.clock,
-		Logger:      s.log.With(logkey.Component, "admin-api"),
+		TrustDomain:     s.td,
+		Authority:       c.authority,
+		Registry:        c.registry,
+		Store:           c.store,
+		TokenKey:        jointoken.TokenID,
+		AdminIDs:        cfg.AdminIDs,
+		JWTIssuer:       cfg.JWTIssuer,
+		Rotation:        c.authority,
+		Records:         c.records,
+		DashboardTokens: dashboardTokens{signer: c.authority, id: reserved.DashboardID(s.td)},
+		Metrics:         metrics,
+		Clock:           s.clock,
+		Logger:          s.log.With(logkey.Component, "admin-api"),
 	})
 	return nil
 }
@@ -272,6 +294,9 @@ func (s *Server) listen(c *components) error {
 		MaxHeaderBytes: 16 << 10,
 		ErrorLog:       slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
+	if err := s.listenWeb(c); err != nil {
+		return err
+	}
 	if c.healthLn, err = net.Listen("tcp", cfg.HealthAddress); err != nil {
 		return fmt.Errorf("server: health_address: %w", err)
 	}
@@ -295,9 +320,14 @@ func (s *Server) serve(ctx context.Context, c *components) error {
 	g.Go(func() error { return serveGRPC(ctx, c.unixGRPC, c.adminLis, nil, s.log) })
 	g.Go(func() error { return httpserve.Serve(ctx, c.https, c.httpsLis, true) })
 	g.Go(func() error { return httpserve.Serve(ctx, c.healthSrv, c.healthLn, false) })
+	g.Go(func() error { return httpserve.Serve(ctx, c.web, c.webLis, true) })
+	g.Go(func() error { return c.dashboard.Run(ctx) })
+	g.Go(func() error { return c.fleet.Run(ctx) })
+	g.Go(func() error { return c.rotations.Run(ctx) })
 	s.ready.Store(true)
 	s.log.Info("tally server ready", logkey.TrustDomain, s.td.Name(), "bind_address", c.nodeLis.lis.Addr().String(),
 		"http_address", c.httpsLis.Addr().String(), "health_address", c.healthLn.Addr().String(), "admin_socket", s.cfg.AdminSocket,
+		"dashboard", "https://"+c.webLis.Addr().String()+dashboard.Prefix, "web_ca", c.webCA,
 		"entries", c.registry.Count())
 	err := g.Wait()
 	s.ready.Store(false)

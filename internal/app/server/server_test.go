@@ -47,7 +47,7 @@ func TestBuildClosesWhatItOpenedOnFailure(t *testing.T) {
 	cfg.TrustDomain = "example.org"
 	cfg.DataDir = filepath.Join(dir, "data")
 	cfg.AdminSocket = filepath.Join(dir, "admin.sock")
-	cfg.BindAddress, cfg.HTTPAddress = freeAddr(t), freeAddr(t)
+	cfg.BindAddress, cfg.HTTPAddress, cfg.WebAddress = freeAddr(t), freeAddr(t), freeAddr(t)
 	cfg.HealthAddress = busy.Addr().String()
 	s, err := New(cfg)
 	require.NoError(t, err)
@@ -82,7 +82,7 @@ func startInProcess(t *testing.T, clk *clocktesting.FakeClock) Config {
 	cfg.TrustDomain = "example.org"
 	cfg.DataDir = filepath.Join(dir, "data")
 	cfg.AdminSocket = filepath.Join(dir, "admin.sock")
-	cfg.BindAddress, cfg.HTTPAddress, cfg.HealthAddress = freeAddr(t), freeAddr(t), freeAddr(t)
+	cfg.BindAddress, cfg.HTTPAddress, cfg.HealthAddress, cfg.WebAddress = freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
 	cfg.Clock = clk
 	s, err := New(cfg)
 	require.NoError(t, err)

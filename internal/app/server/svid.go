@@ -7,11 +7,14 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync/atomic"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/utils/clock"
 
@@ -24,10 +27,14 @@ import (
 // svidSigner is what the server's own SVID needs of the authority.
 type svidSigner interface {
 	SignX509SVID(ctx context.Context, p ca.X509SVIDParams) ([]*x509.Certificate, error)
+	SubscribeBundle() (<-chan *spiffebundle.Bundle, func())
+	TaintedX509IDs() []string
+	Slots() []ca.SlotInfo
 }
 
 // serverSVID keeps the server's own X509-SVID (spiffe://<td>/tally/server)
-// for its TLS listeners and renews it at half its lifetime.
+// for its TLS listeners and renews it at half its lifetime, and at once when
+// the key that signed it is tainted or leaves the bundle (revoked).
 type serverSVID struct {
 	id     spiffeid.ID
 	signer svidSigner
@@ -62,6 +69,8 @@ func (s *serverSVID) renew(ctx context.Context) error {
 // Run renews the SVID when renew.At says, until ctx is done; failures are
 // retried with backoff.
 func (s *serverSVID) Run(ctx context.Context) error {
+	bundles, unsubscribe := s.signer.SubscribeBundle()
+	defer unsubscribe()
 	retry := backoff.New(time.Second, time.Minute)
 	var wait time.Duration
 	for {
@@ -74,6 +83,12 @@ func (s *serverSVID) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			t.Stop()
 			return nil
+		case <-bundles:
+			t.Stop()
+			if !s.signerGone() {
+				continue
+			}
+			s.log.Info("the key that signed the server SVID was tainted or revoked; renewing")
 		case <-t.C():
 		}
 		if err := s.renew(ctx); err != nil {
@@ -83,6 +98,20 @@ func (s *serverSVID) Run(ctx context.Context) error {
 		}
 		retry.Reset()
 	}
+}
+
+// signerGone reports whether the current SVID's issuer is tainted or no
+// longer one of the authority's X.509 slots (revoked).
+func (s *serverSVID) signerGone() bool {
+	c := s.cert.Load()
+	if c == nil {
+		return false
+	}
+	issuer := hex.EncodeToString(c.Leaf.AuthorityKeyId)
+	if slices.Contains(s.signer.TaintedX509IDs(), issuer) {
+		return true
+	}
+	return !slices.ContainsFunc(s.signer.Slots(), func(sl ca.SlotInfo) bool { return sl.Kind == ca.KindX509 && sl.ID == issuer })
 }
 
 // GetCertificate serves the current SVID to TLS handshakes.

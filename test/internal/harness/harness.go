@@ -80,6 +80,7 @@ type Server struct {
 	BindAddr    string
 	HTTPAddr    string
 	HealthAddr  string
+	WebAddr     string
 	// Args are extra flags for `tally-server run`.
 	Args []string
 
@@ -101,6 +102,7 @@ func NewServer(t testing.TB, args ...string) *Server {
 		BindAddr:    FreeAddr(t),
 		HTTPAddr:    FreeAddr(t),
 		HealthAddr:  FreeAddr(t),
+		WebAddr:     FreeAddr(t),
 		Args:        args,
 		bin:         Binaries(t),
 	}
@@ -122,6 +124,7 @@ func (s *Server) Command() []string {
 		"--bind-address", s.BindAddr,
 		"--http-address", s.HTTPAddr,
 		"--health-address", s.HealthAddr,
+		"--web-address", s.WebAddr,
 		"--log-level", "debug",
 	}, s.Args...)
 }
@@ -144,7 +147,7 @@ func (s *Server) Start(t testing.TB) {
 		err := pollReady(s.HealthAddr, done)
 		if err != nil && !s.started && attempt < 3 && portTaken(err, s.Log()) {
 			t.Logf("tally-server: a port was taken since it was picked, starting on other ports:\n%s", s.Log())
-			s.BindAddr, s.HTTPAddr, s.HealthAddr = FreeAddr(t), FreeAddr(t), FreeAddr(t)
+			s.BindAddr, s.HTTPAddr, s.HealthAddr, s.WebAddr = FreeAddr(t), FreeAddr(t), FreeAddr(t), FreeAddr(t)
 			continue
 		}
 		failUnready(t, "tally-server", err, s.Log)

@@ -148,7 +148,7 @@ func Start(t testing.TB, maxCert time.Duration) *CA {
 		"authority": map[string]any{"provisioners": []any{map[string]any{
 			"type": "JWK", "name": Provisioner, "key": &pub, "encryptedKey": encrypted,
 			"options": map[string]any{"x509": map[string]any{"template": intermediateTemplate}},
-			"claims": map[string]any{"maxTLSCertDuration": maxCert.String(), "defaultTLSCertDuration": maxCert.String(), "minTLSCertDuration": "1s"},
+			"claims":  map[string]any{"maxTLSCertDuration": maxCert.String(), "defaultTLSCertDuration": maxCert.String(), "minTLSCertDuration": "1s"},
 		}}},
 	}
 	raw, err := json.MarshalIndent(cfg, "", "  ")
