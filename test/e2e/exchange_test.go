@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -171,4 +172,70 @@ func postForm(t *testing.T, c *http.Client, u string, form url.Values) (int, map
 	var body map[string]any
 	require.NoError(t, json.NewDecoder(resp.Body).Decode(&body))
 	return resp.StatusCode, body
+}
+
+// A Tally token signed by a JWT key that was then revoked is refused as a
+// subject token: the exchange verifies against the bundle of the moment.
+func TestExchangeRefusesARevokedKey(t *testing.T) {
+	t.Parallel()
+	p := harness.StartIDP(t)
+	cfg := harness.ConfigFile(t, fmt.Sprintf(`
+exchange:
+  issuers:
+    - url: %s
+      audiences: [todos-app]
+  rules:
+    - name: web-onward
+      actors: [spiffe://example.org/web]
+      audiences: [spiffe://example.org/web, spiffe://example.org/todos]
+`, p.Issuer))
+	// ca_ttl 1m: the bundle's refresh hint is 6 s, so a prepared key may be
+	// activated 12 s after it was published.
+	s := harness.StartServer(t, "--config", cfg, "--ca-ttl", "1m")
+	a := harness.StartAgent(t, s, "")
+	createEntries(t, s, &tallyv1.Entry{SpiffeId: "spiffe://example.org/web", ParentId: a.ID(t).String(),
+		Selectors: []*tallyv1.Selector{{Type: "unix", Value: uidSelector()}}})
+	bob := p.Login(t, "bob")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := delegation.NewClient(a.Addr())
+	require.NoError(t, err)
+	defer c.Close()
+
+	_, stderr, err := s.Ctl("authority", "jwt", "prepare")
+	require.NoError(t, err, stderr)
+	// Until the prepared key may be activated, keep a fresh token signed by
+	// the active one, addressed to the caller itself so it may continue
+	// the chain.
+	var held *delegation.Issued
+	require.Eventually(t, func() bool {
+		held, err = c.ForIDToken(ctx, bob.IDToken, "spiffe://example.org/web")
+		if err != nil {
+			return false
+		}
+		_, _, err = s.Ctl("authority", "jwt", "activate")
+		return err == nil
+	}, 60*time.Second, 500*time.Millisecond, "activate: %v", err)
+	kid := jwtHeader(t, held.Token)["kid"].(string)
+	_, stderr, err = s.Ctl("authority", "jwt", "revoke", kid, "--force")
+	require.NoError(t, err, stderr)
+
+	_, err = c.OnBehalfOf(ctx, &delegation.Token{Kind: delegation.JWTSVID, Raw: held.Token}, "spiffe://example.org/todos")
+	var ee *delegation.ExchangeError
+	require.True(t, errors.As(err, &ee), "%v", err)
+	assert.Equal(t, "invalid_grant", ee.Code)
+	assert.Contains(t, ee.Description, "not in the trust bundle (unknown or revoked)")
+
+	fresh, err := c.ForIDToken(ctx, bob.IDToken, "spiffe://example.org/web")
+	require.NoError(t, err, "the new key signs")
+	assert.NotEqual(t, kid, jwtHeader(t, fresh.Token)["kid"])
+}
+
+func jwtHeader(t *testing.T, tok string) map[string]any {
+	t.Helper()
+	raw, err := base64.RawURLEncoding.DecodeString(strings.Split(tok, ".")[0])
+	require.NoError(t, err)
+	var h map[string]any
+	require.NoError(t, json.Unmarshal(raw, &h))
+	return h
 }
