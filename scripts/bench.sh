@@ -30,6 +30,10 @@ echo "$raw" | awk '
 # 2. The store alone.
 go test ./ca/store/badgerstore/ -run '^$' -bench . -benchtime 1x -count 1 | grep -E '^Benchmark' | tee -a "$OUT"
 
-# 3. The real server process: issuance over the Node API, entries, RSS.
+# 3. The rotation dashboard's parts: records at a million issuances, the
+# fleet's overview of 10,000 workloads, the page in Chromium, the exchange.
+go test ./ca/records/ ./ca/fleet/ ./ca/dashboard/ ./ca/exchange/ -run '^$' -bench . -benchtime 2s -count 1 | grep -E '^(Benchmark|    )' | tee -a "$OUT"
+
+# 4. The real server process: issuance over the Node API, entries, RSS.
 go test ./test/bench/ -run '^$' -bench . -benchtime 1x -count 1 -timeout 30m | grep -vE '^(goos|goarch|pkg|cpu|PASS|ok)' 
 echo "results: $OUT"
