@@ -65,12 +65,12 @@ wait_for "the greeter server" grep -q "listening on" "$DIR/greeter-server.log"
 PIDS+=($!)
 wait_for "the first greeting" grep -q "^ok 1" "$DIR/greeter-client.log"
 
-DASH_TOKEN=$("$BIN/tallyctl" dashboard token -o json | sed -n 's/.*"token": *"\([^"]*\)".*/\1/p')
+DASHBOARD=$("$BIN/tallyctl" dashboard token -o json | sed -n 's/.*"login_url": *"\([^"]*\)".*/\1/p')
 cat <<MSG
 
 Tally is running: trust domain example.org, state and logs in $DIR
   server  $NODE_ADDR (Node API), https://$HTTPS_ADDR (bundle, OIDC, token exchange), http://$HEALTH_ADDR/metrics
-  dashboard https://$WEB_ADDR/dashboard/login#token=$DASH_TOKEN
+  dashboard $DASHBOARD
           (valid 1 h; the page's certificate is from a local serving CA: trust $DIR/server/web/ca.pem
           in your browser, or \`tallyctl dashboard token\` prints a new token)
   agent   $AGENT_SOCK (Workload API), http://$AGENT_HEALTH_ADDR/metrics

@@ -11,12 +11,6 @@ import (
 	tallyv1 "github.com/tallyid/tally/proto/tally/v1"
 )
 
-// Dashboard token lifetimes: the default, and the longest one may ask for.
-const (
-	DefaultDashboardTokenTTL = time.Hour
-	MaxDashboardTokenTTL     = 24 * time.Hour
-)
-
 // CreateDashboardToken signs a short-lived bearer token that opens the
 // read-only dashboard. The token is audited by its expiry, never logged.
 func (a *Admin) CreateDashboardToken(ctx context.Context, req *tallyv1.CreateDashboardTokenRequest) (*tallyv1.CreateDashboardTokenResponse, error) {
@@ -29,15 +23,11 @@ func (a *Admin) CreateDashboardToken(ctx context.Context, req *tallyv1.CreateDas
 		return nil, a.fail(ctx, "dashboard_token", "", err)
 	case ttl < 0:
 		return nil, a.fail(ctx, "dashboard_token", "", fmt.Errorf("%w: ttl: negative", errInvalid))
-	case ttl == 0:
-		ttl = DefaultDashboardTokenTTL
-	case ttl > MaxDashboardTokenTTL:
-		return nil, a.fail(ctx, "dashboard_token", "", fmt.Errorf("%w: ttl: %s exceeds the maximum %s", errInvalid, ttl, MaxDashboardTokenTTL))
 	}
 	token, exp, err := a.cfg.DashboardTokens.NewToken(ctx, ttl)
 	if err != nil {
 		return nil, a.fail(ctx, "dashboard_token", "", err)
 	}
 	a.log(ctx, "dashboard_token", "expires "+exp.UTC().Format(time.RFC3339), nil)
-	return &tallyv1.CreateDashboardTokenResponse{Token: token, ExpiresAt: exp.Unix()}, nil
+	return &tallyv1.CreateDashboardTokenResponse{Token: token, ExpiresAt: exp.Unix(), LoginUrl: a.cfg.DashboardTokens.LoginURL(token)}, nil
 }

@@ -30,7 +30,9 @@ type Fleet interface {
 	Report(ctx context.Context, agentID string, r *tallyv1.ReportSVIDsRequest) error
 }
 
-// DashboardTokens signs the dashboard's short-lived bearer tokens.
+// DashboardTokens signs the dashboard's short-lived bearer tokens (ttl 0:
+// the default) and names the URL that opens the dashboard with one.
 type DashboardTokens interface {
 	NewToken(ctx context.Context, ttl time.Duration) (token string, expiresAt time.Time, err error)
+	LoginURL(token string) string
 }

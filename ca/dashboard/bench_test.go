@@ -8,6 +8,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"k8s.io/utils/clock"
+
+	"github.com/tallyid/tally/internal/browsertest"
 )
 
 const (
@@ -60,8 +62,8 @@ func BenchmarkDashboardBrowser(b *testing.B) {
 	o, buckets := fleet(now, benchWorkloads, benchAgents)
 	s := startServer(b, newFakeSource(o, buckets), clock.RealClock{}, now.Add(time.Hour),
 		func(c *Config) { c.MinInterval = 20 * time.Millisecond })
-	br := newBrowser(b, s.Web.CAFile(), true)
-	br.signIn(b, s.URL)
+	br := browsertest.New(b, browsertest.Config{TrustCA: s.Web.CAFile()})
+	signIn(b, br, s.URL)
 
 	type stats struct{ FetchMs, ParseMs, RenderMs float64 }
 	report := func(b *testing.B, st []stats) {
@@ -79,12 +81,12 @@ func BenchmarkDashboardBrowser(b *testing.B) {
 		var fcp, first, transfer float64
 		var st []stats
 		for b.Loop() {
-			require.NoError(b, br.navigate(s.URL+Prefix))
-			br.waitJS(b, `performance.getEntriesByName("tally:first-render").length > 0`, 30*time.Second)
-			fcp += eval[float64](b, br, `performance.getEntriesByName("first-contentful-paint")[0].startTime`)
-			first += eval[float64](b, br, `performance.getEntriesByName("tally:first-render")[0].startTime`)
-			transfer = eval[float64](b, br, `performance.getEntriesByType("resource").filter(e => e.name.endsWith("api/overview")).pop().encodedBodySize`)
-			st = append(st, eval[stats](b, br, `({FetchMs: tallyStats.fetchMs, ParseMs: tallyStats.parseMs, RenderMs: tallyStats.renderMs})`))
+			require.NoError(b, br.Navigate(s.URL+Prefix))
+			br.WaitJS(b, `performance.getEntriesByName("tally:first-render").length > 0`, 30*time.Second)
+			fcp += browsertest.Eval[float64](b, br, `performance.getEntriesByName("first-contentful-paint")[0].startTime`)
+			first += browsertest.Eval[float64](b, br, `performance.getEntriesByName("tally:first-render")[0].startTime`)
+			transfer = browsertest.Eval[float64](b, br, `performance.getEntriesByType("resource").filter(e => e.name.endsWith("api/overview")).pop().encodedBodySize`)
+			st = append(st, browsertest.Eval[stats](b, br, `({FetchMs: tallyStats.fetchMs, ParseMs: tallyStats.parseMs, RenderMs: tallyStats.renderMs})`))
 		}
 		n := float64(len(st))
 		b.ReportMetric(fcp/n, "first-paint-ms")
@@ -95,23 +97,23 @@ func BenchmarkDashboardBrowser(b *testing.B) {
 	})
 
 	b.Run("refresh", func(b *testing.B) {
-		require.NoError(b, br.navigate(s.URL+Prefix))
-		br.waitJS(b, `document.body.dataset.gen`, 30*time.Second)
+		require.NoError(b, br.Navigate(s.URL+Prefix))
+		br.WaitJS(b, `document.body.dataset.gen`, 30*time.Second)
 		var total float64
 		var st []stats
 		i := 0
 		for b.Loop() {
 			i++
-			gen := eval[string](b, br, `document.body.dataset.gen`)
+			gen := browsertest.Eval[string](b, br, `document.body.dataset.gen`)
 			s.Source.update(func(o *Overview, _ *[]Bucket) {
 				o.Workloads[i%len(o.Workloads)].Serial = fmt.Sprintf("%032x", i)
 				o.Workloads[i%len(o.Workloads)].Renewals++
 			})
-			br.waitJS(b, `document.body.dataset.gen !== "`+gen+`" && performance.getEntriesByName("tally:refresh").length > 0`, 30*time.Second)
-			total += eval[float64](b, br, `(() => { const m = performance.getEntriesByName("tally:refresh").pop(); performance.clearMeasures("tally:refresh"); return m.duration; })()`)
-			st = append(st, eval[stats](b, br, `({FetchMs: tallyStats.fetchMs, ParseMs: tallyStats.parseMs, RenderMs: tallyStats.renderMs})`))
+			br.WaitJS(b, `document.body.dataset.gen !== "`+gen+`" && performance.getEntriesByName("tally:refresh").length > 0`, 30*time.Second)
+			total += browsertest.Eval[float64](b, br, `(() => { const m = performance.getEntriesByName("tally:refresh").pop(); performance.clearMeasures("tally:refresh"); return m.duration; })()`)
+			st = append(st, browsertest.Eval[stats](b, br, `({FetchMs: tallyStats.fetchMs, ParseMs: tallyStats.parseMs, RenderMs: tallyStats.renderMs})`))
 		}
-		b.Logf("last refresh: %s", eval[string](b, br, `JSON.stringify(tallyStats)`))
+		b.Logf("last refresh: %s", browsertest.Eval[string](b, br, `JSON.stringify(tallyStats)`))
 		b.ReportMetric(total/float64(len(st)), "refresh-ms")
 		report(b, st)
 		b.ReportMetric(0, "ns/op")

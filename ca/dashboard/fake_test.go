@@ -167,7 +167,8 @@ func fleet(now time.Time, n, agents int) (Overview, []Bucket) {
 	for i := range agents {
 		node := fmt.Sprintf("node-%03d", i)
 		o.Agents = append(o.Agents, Agent{
-			ID:              "spiffe://example.org/spire/agent/k8s_psat/prod/" + hexs(8) + "-" + node,
+			// Tally's k8s_psat agent ID: cluster, then the node's UID.
+			ID:              "spiffe://example.org/tally/agent/k8s_psat/prod/" + hexs(8) + "-" + hexs(4) + "-" + hexs(4) + "-" + hexs(4) + "-" + hexs(12),
 			Node:            node,
 			AttestationType: "k8s_psat",
 			LastReport:      now.Add(-time.Duration(r.IntN(50)) * time.Second),

@@ -58,9 +58,9 @@ func newAuthority(t testing.TB) *ca.Authority {
 // loopback, an RSA and an EC key, and tokens signed however a test needs
 // (including the ways an attacker would sign them).
 type idp struct {
-	srv   *httptest.Server
-	rsa   *rsa.PrivateKey
-	ec    *ecdsa.PrivateKey
+	srv    *httptest.Server
+	rsa    *rsa.PrivateKey
+	ec     *ecdsa.PrivateKey
 	mu     sync.Mutex
 	fetch  int    // JWKS fetches
 	rsaKid string // the RSA key's kid: rsa-1, rsa-2 after rotate

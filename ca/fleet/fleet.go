@@ -76,6 +76,7 @@ type Fleet struct {
 	failures uint64                 // last_error transitions to an error
 
 	notify notifier
+	kick   chan struct{} // a report from an agent not in the list: read it again now
 }
 
 type agentState struct {
@@ -120,13 +121,15 @@ func New(cfg Config) *Fleet {
 		reports: map[string]*agentState{},
 		known:   map[string]store.Agent{},
 		notify:  notifier{subs: map[chan struct{}]struct{}{}},
+		kick:    make(chan struct{}, 1),
 	}
 }
 
-// Run reads the agent list at once and every Heartbeat until ctx is done,
-// forgets the reports of agents no longer in it (evicted), and tells
-// subscribers each time, so that what time puts at risk shows. A failed
-// read is logged and the previous list kept.
+// Run reads the agent list at once, every Heartbeat and when an agent not in
+// it reports (one just attested), until ctx is done; forgets the reports of
+// agents no longer in it (evicted), and tells subscribers each time, so that
+// what time puts at risk shows. A failed read is logged and the previous
+// list kept.
 func (f *Fleet) Run(ctx context.Context) error {
 	tick := f.cfg.Clock.NewTicker(f.cfg.Heartbeat)
 	defer tick.Stop()
@@ -138,6 +141,7 @@ func (f *Fleet) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C():
+		case <-f.kick:
 		}
 	}
 }
@@ -195,6 +199,12 @@ func (f *Fleet) Report(ctx context.Context, agentID string, r *tallyv1.ReportSVI
 
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if _, ok := f.known[agentID]; !ok {
+		select {
+		case f.kick <- struct{}{}:
+		default:
+		}
+	}
 	st := f.reports[agentID]
 	if st == nil {
 		st = &agentState{svids: map[string]*served{}}

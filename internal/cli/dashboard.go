@@ -26,8 +26,9 @@ func (a *app) newDashboardTokenCommand() *cobra.Command {
 		Use:   "token",
 		Short: "Sign a short-lived bearer token that opens the read-only dashboard",
 		Long: `Sign a short-lived bearer token for the dashboard (the server's /dashboard/ on its
-web address). Open <web address>/dashboard/login?token=<token> once: the page keeps
-a session cookie and drops the token from the address.`,
+web address) and print the URL that opens it: <web address>/dashboard/login#token=<token>.
+The token travels in the fragment, which the browser never sends to a server; the page
+swaps it for a session cookie and drops it from the address.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			sec, err := ttlSeconds("ttl", ttl)
@@ -39,19 +40,20 @@ a session cookie and drops the token from the address.`,
 				if err != nil {
 					return rpcError("create dashboard token", err)
 				}
-				out := dashboardTokenJSON{Token: resp.GetToken(), ExpiresAt: unixTime(resp.GetExpiresAt())}
+				out := dashboardTokenJSON{Token: resp.GetToken(), ExpiresAt: unixTime(resp.GetExpiresAt()), LoginURL: resp.GetLoginUrl()}
 				return a.render(cmd, out, func(w io.Writer) error {
-					_, err := fmt.Fprintf(w, "Token: %s\nExpires: %s\n", out.Token, out.ExpiresAt)
+					_, err := fmt.Fprintf(w, "Token: %s\nExpires: %s\nOpen: %s\n", out.Token, out.ExpiresAt, out.LoginURL)
 					return err
 				})
 			})
 		},
 	}
-	cmd.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long the token opens the dashboard (at most 24h)")
+	cmd.Flags().DurationVar(&ttl, "ttl", 0, "how long the token opens the dashboard (default 1h, or ca_ttl/6 if shorter; at most ca_ttl/6)")
 	return cmd
 }
 
 type dashboardTokenJSON struct {
 	Token     string `json:"token"`
 	ExpiresAt string `json:"expires_at"`
+	LoginURL  string `json:"login_url"`
 }

@@ -33,6 +33,7 @@ func TestMakeRun(t *testing.T) {
 	run := harness.StartProcess(t, env, 0, "bash", script)
 	run.WaitFor(t, "Ctrl-C stops everything.", 2*time.Minute)
 	require.Regexp(t, `ok 1: hello spiffe://example.org/demo/greeter-client, this is spiffe://example.org/demo/greeter-server`, run.Output())
+	require.Regexp(t, `dashboard https://127\.0\.0\.1:\d+/dashboard/login#token=[\w.-]+\n`, run.Output())
 	dir := regexp.MustCompile(`state and logs in (/tmp/tally-run\.\S+)`).FindStringSubmatch(run.Output())
 	require.Len(t, dir, 2)
 	t.Cleanup(func() { os.RemoveAll(dir[1]) })

@@ -223,7 +223,7 @@ func (s *Server) buildAPIs(c *components) error {
 		JWTIssuer:       cfg.JWTIssuer,
 		Rotation:        c.authority,
 		Records:         c.records,
-		DashboardTokens: dashboardTokens{signer: c.authority, id: reserved.DashboardID(s.td)},
+		DashboardTokens: s.dashboardTokens(c),
 		Metrics:         metrics,
 		Clock:           s.clock,
 		Logger:          s.log.With(logkey.Component, "admin-api"),

@@ -68,10 +68,13 @@ func (s *Server) listenWeb(c *components) error {
 	c.webCA = caFile
 	c.dashboard, err = dashboard.New(dashboard.Config{
 		Source: dashboardSource{fleet: c.fleet, records: c.records},
-		Auth: dashboardAuth{tokens: dashboardTokens{signer: c.authority, id: reserved.DashboardID(s.td)}, bundle: c.authority.Bundle,
+		Auth: dashboardAuth{tokens: s.dashboardTokens(c), bundle: c.authority.Bundle,
 			adminIDs: s.cfg.AdminIDs, entries: c.registry, clock: s.clock},
-		Clock:  s.clock,
-		Logger: s.log.With(logkey.Component, "dashboard"),
+		Clock: s.clock,
+		// Risks that come from time passing alone (an SVID entering its last
+		// quarter) reach open pages within this, with no event to push them.
+		Refresh: 2 * time.Second,
+		Logger:  s.log.With(logkey.Component, "dashboard"),
 	})
 	if err != nil {
 		return err
@@ -94,6 +97,24 @@ func (s *Server) listenWeb(c *components) error {
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 	return nil
+}
+
+// dashboardTokens signs the dashboard's tokens for the web listener.
+func (s *Server) dashboardTokens(c *components) dashboardTokens {
+	return dashboardTokens{signer: c.authority, id: reserved.DashboardID(s.td), maxTTL: s.cfg.CATTL / 6, web: s.webURL()}
+}
+
+// webURL is the dashboard's origin: web_address, with the first of
+// web_dns_names for a wildcard address.
+func (s *Server) webURL() string {
+	host, port, _ := net.SplitHostPort(s.cfg.WebAddress)
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "localhost"
+		if len(s.cfg.WebDNSNames) > 0 {
+			host = s.cfg.WebDNSNames[0]
+		}
+	}
+	return "https://" + net.JoinHostPort(host, port)
 }
 
 // bundlePool returns the trust bundle's X.509 authorities as a pool, for

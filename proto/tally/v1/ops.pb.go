@@ -499,7 +499,7 @@ func (x *ListIssuancesResponse) GetIssuances() []*Issuance {
 
 type CreateDashboardTokenRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// 0 for the default (1h); at most 24h.
+	// 0 for the default: 1h, or ca_ttl/6 if that is shorter; at most ca_ttl/6.
 	TtlSeconds    int64 `protobuf:"varint,1,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -543,9 +543,12 @@ func (x *CreateDashboardTokenRequest) GetTtlSeconds() int64 {
 }
 
 type CreateDashboardTokenResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
-	ExpiresAt     int64                  `protobuf:"varint,2,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Token     string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	ExpiresAt int64                  `protobuf:"varint,2,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// The URL that opens the dashboard with the token (in the fragment, which
+	// browsers never send to a server).
+	LoginUrl      string `protobuf:"bytes,3,opt,name=login_url,json=loginUrl,proto3" json:"login_url,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -592,6 +595,13 @@ func (x *CreateDashboardTokenResponse) GetExpiresAt() int64 {
 		return x.ExpiresAt
 	}
 	return 0
+}
+
+func (x *CreateDashboardTokenResponse) GetLoginUrl() string {
+	if x != nil {
+		return x.LoginUrl
+	}
+	return ""
 }
 
 // ServedSVID is what an agent serves for one identity.
@@ -859,11 +869,12 @@ const file_tally_v1_ops_proto_rawDesc = "" +
 	"\tissuances\x18\x01 \x03(\v2\x12.tally.v1.IssuanceR\tissuances\">\n" +
 	"\x1bCreateDashboardTokenRequest\x12\x1f\n" +
 	"\vttl_seconds\x18\x01 \x01(\x03R\n" +
-	"ttlSeconds\"S\n" +
+	"ttlSeconds\"p\n" +
 	"\x1cCreateDashboardTokenResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1d\n" +
 	"\n" +
-	"expires_at\x18\x02 \x01(\x03R\texpiresAt\"\xf6\x01\n" +
+	"expires_at\x18\x02 \x01(\x03R\texpiresAt\x12\x1b\n" +
+	"\tlogin_url\x18\x03 \x01(\tR\bloginUrl\"\xf6\x01\n" +
 	"\n" +
 	"ServedSVID\x12\x19\n" +
 	"\bentry_id\x18\x01 \x01(\tR\aentryId\x12\x1b\n" +
