@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"k8s.io/utils/clock"
 
 	"github.com/tallyid/tally/attest"
@@ -193,6 +195,7 @@ func (c *Cache) Apply(u syncUpdate) {
 	if u.Bundle != nil {
 		c.bundle = u.Bundle
 		c.fan.sendBundle(u.Bundle)
+		c.dropRevokedLocked(u.Bundle)
 	}
 	if u.Tainted != nil {
 		c.taintLocked(u.Tainted)
@@ -240,6 +243,42 @@ func (c *Cache) taintLocked(set taintSet) {
 	}
 	c.cfg.Logger.Info("X.509 CA keys tainted: renewing the SVIDs they signed", "key_ids", slices.Sorted(maps.Keys(newly)),
 		"renewing", renewed, "dropped_unused", len(unused), "within", c.cfg.TaintJitter)
+}
+
+// dropRevokedLocked handles a key that left bundle b (revoked): cached
+// JWT-SVIDs it signed are dropped, and X509-SVIDs that no longer verify
+// against b are renewed at once if a workload needs them (they verify
+// nowhere, so there is nothing to wait for), dropped if none does.
+func (c *Cache) dropRevokedLocked(b *spiffebundle.Bundle) {
+	jwtDropped := c.jwts.cache.keepSignedBy(func(kid string) bool { _, ok := b.FindJWTAuthority(kid); return ok })
+	now := c.cfg.Clock.Now()
+	var renewed int
+	var unused []string
+	for id, s := range c.svids.all() {
+		certs, err := x509.ParseCertificates(s.svid.CertChain)
+		if err == nil {
+			if _, _, err = x509svid.Verify(certs, b, x509svid.WithTime(now)); err == nil {
+				continue
+			}
+		}
+		if !c.svids.needed(id) {
+			unused = append(unused, id)
+			continue
+		}
+		s.renewAt = now
+		c.sched.renewBy(id, now)
+		renewed++
+	}
+	for _, id := range unused {
+		c.svids.drop(id)
+	}
+	if len(unused) > 0 {
+		c.changedLocked()
+	}
+	if renewed+len(unused)+jwtDropped > 0 {
+		c.cfg.Logger.Info("SVIDs signed by a key no longer in the bundle (revoked): renewing them now",
+			"x509_renewing", renewed, "x509_dropped_unused", len(unused), "jwt_dropped", jwtDropped)
+	}
 }
 
 // renewTaintedLocked moves the renewal of entry id's SVID s, whose signer

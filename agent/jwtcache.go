@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"encoding/base64"
+	"encoding/json"
 	"slices"
 	"strconv"
 	"strings"
@@ -31,6 +33,7 @@ type jwtCache struct {
 type cachedJWT struct {
 	svid      workloadapi.JWTSVID
 	refreshAt time.Time
+	kid       string // the signing key, to drop the token when the key leaves the bundle
 }
 
 // newJWTCache returns an empty cache of at most size (> 0) JWT-SVIDs.
@@ -78,13 +81,52 @@ func (c *jwtCache) get(key string) (workloadapi.JWTSVID, bool) {
 // put caches svid for key until half of its lifetime from issued, dropping
 // the least recently used JWT-SVID if the cache is full.
 func (c *jwtCache) put(key string, svid workloadapi.JWTSVID, issued time.Time) {
-	v := cachedJWT{svid: svid, refreshAt: issued.Add(svid.ExpiresAt.Sub(issued) / 2)}
+	v := cachedJWT{svid: svid, refreshAt: issued.Add(svid.ExpiresAt.Sub(issued) / 2), kid: jwtKeyID(svid.Token)}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.tokens.add(key, v) {
 		c.metrics.jwtCacheEvictions.Inc()
 	}
 	c.metrics.jwtCacheEntries.Set(float64(c.tokens.len()))
+}
+
+// keepSignedBy drops every cached JWT-SVID whose signing key keep refuses
+// (one that left the bundle: revoked), so that workloads get tokens that
+// verify at once instead of at the next refresh.
+func (c *jwtCache) keepSignedBy(keep func(kid string) bool) (dropped int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var gone []string
+	for key, v := range c.tokens.all() {
+		if !keep(v.kid) {
+			gone = append(gone, key)
+		}
+	}
+	for _, key := range gone {
+		c.tokens.remove(key)
+	}
+	c.metrics.jwtCacheEntries.Set(float64(c.tokens.len()))
+	return len(gone)
+}
+
+// jwtKeyID is the kid of a compact JWS header ("" if unreadable: such a
+// token is dropped at the next bundle change).
+func jwtKeyID(token string) string {
+	header, _, ok := strings.Cut(token, ".")
+	if !ok {
+		return ""
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(header)
+	if err != nil {
+		return ""
+	}
+	var h struct {
+		Kid string `json:"kid"`
+	}
+	if json.Unmarshal(raw, &h) != nil {
+		return ""
+	}
+	return h.Kid
 }
 
 // len is the number of cached JWT-SVIDs, fresh or not yet dropped.

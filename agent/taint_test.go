@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/hex"
 	"sync"
 	"testing"
@@ -191,4 +192,52 @@ func TestCacheRenewsAnSVIDMintedByAKeyTaintedMeanwhile(t *testing.T) {
 	renewed := next(t, sub).SVIDs[0]
 	require.NotEqual(t, first.CertChain, renewed.CertChain)
 	require.EqualValues(t, 2, m.x509s.Load())
+}
+
+// A key that leaves the bundle (revoked, even untainted): the X509-SVIDs it
+// signed are renewed at once, unused ones dropped, and no JWT-SVID it
+// signed is served from the cache any more.
+func TestCacheRenewsWhatARevokedKeySigned(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Now())
+	m := newTestMinter(t, clk)
+	c := NewCache(CacheConfig{Minter: m, Clock: clk, MaxUnused: 10, TaintJitter: 30 * time.Second})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = c.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	c.Apply(syncUpdate{Reset: true, Bundle: m.bundle(), Upserts: []*entry{testEntry("a", "spiffe://example.org/a", 1, "uid:a")}})
+	sub, err := c.SubscribeX509(context.Background(), []attest.Selector{{Type: "unix", Value: "uid:a"}})
+	require.NoError(t, err)
+	t.Cleanup(sub.Close)
+	first := next(t, sub).SVIDs[0]
+	old := m.rotate(t)
+	c.Apply(syncUpdate{Bundle: m.bundle()})
+	waitIdle(t, c, clk)
+	c.mu.Lock()
+	c.jwts.cache.put("k", workloadapi.JWTSVID{Token: jwsWithKid(hex.EncodeToString(old.SubjectKeyId)), ExpiresAt: clk.Now().Add(time.Hour)}, clk.Now())
+	c.mu.Unlock()
+	minted := m.x509s.Load()
+
+	m.mu.Lock()
+	m.retired = nil // the old CA leaves the bundle
+	m.mu.Unlock()
+	c.Apply(syncUpdate{Bundle: m.bundle()})
+	require.Eventually(t, func() bool {
+		clk.Step(time.Millisecond) // fires the renewal armed for now, once armed
+		return m.x509s.Load() == minted+1
+	}, 10*time.Second, time.Millisecond, "renewed at once: no jitter, a millisecond of fake time at a time")
+	var renewed workloadapi.X509SVID
+	require.Eventually(t, func() bool {
+		u := next(t, sub)
+		renewed = u.SVIDs[0]
+		return string(renewed.CertChain) != string(first.CertChain)
+	}, 10*time.Second, 10*time.Millisecond)
+	_, ok := c.jwts.cache.get("k")
+	require.False(t, ok, "a JWT-SVID of a key gone from the bundle is not served")
+}
+
+// jwsWithKid is a compact JWS whose header names kid, with no valid signature.
+func jwsWithKid(kid string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"ES256","kid":"`+kid+`"}`)) + ".e30.c2ln"
 }
