@@ -34,7 +34,22 @@ func TestBrowser(t *testing.T) {
 		res := browsertest.Eval[[]any](t, b, `fetch("api/overview").then(async r => [r.status, await r.text()])`)
 		require.Equal(t, float64(401), res[0])
 		require.NotContains(t, res[1], testTD)
-		b.Problems() // the 401s are logged as failed loads, as they should be
+		// The 401s are logged as failed loads, as they should be; the
+		// console reports them asynchronously: wait for the explicit one,
+		// then for quiet, before the next step looks for errors.
+		var seen []string
+		require.Eventually(t, func() bool {
+			seen = append(seen, b.Problems()...)
+			return slices.ContainsFunc(seen, func(p string) bool { return strings.Contains(p, "401") })
+		}, 10*time.Second, 20*time.Millisecond, "the 401 reaches the console")
+		for quiet := 0; quiet < 5; {
+			time.Sleep(50 * time.Millisecond)
+			if len(b.Problems()) == 0 {
+				quiet++
+			} else {
+				quiet = 0
+			}
+		}
 	})
 
 	t.Run("signs in with the token in the fragment", func(t *testing.T) {
