@@ -124,6 +124,20 @@ func TestAgentCutOffIsAtRisk(t *testing.T) {
 	p.setCut(false)
 	require.Eventually(t, func() bool { return atRisk() == 0 && !slices.Contains(d.atRisk(), id) }, 60*time.Second, 200*time.Millisecond,
 		"recovers once reconnected")
+
+	// The history has the first issuance and the renewals, newest first.
+	out, stderr, err := s.Ctl("-o", "json", "svid", "history", "--spiffe-id", id)
+	require.NoError(t, err, stderr)
+	var h struct {
+		Issuances []struct {
+			SPIFFEID string `json:"spiffe_id"`
+			Renewal  bool   `json:"renewal"`
+		} `json:"issuances"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &h), out)
+	require.GreaterOrEqual(t, len(h.Issuances), 2, out)
+	require.True(t, h.Issuances[0].Renewal, "the newest is a renewal: %s", out)
+	require.False(t, h.Issuances[len(h.Issuances)-1].Renewal, "the oldest, the first issuance: %s", out)
 }
 
 // dashboard reads the dashboard's data with a token from tallyctl, as an
