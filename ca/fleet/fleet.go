@@ -20,6 +20,7 @@ import (
 	"github.com/tallyid/tally/ca"
 	"github.com/tallyid/tally/ca/store"
 	"github.com/tallyid/tally/internal/logkey"
+	"github.com/tallyid/tally/internal/notify"
 	tallyv1 "github.com/tallyid/tally/proto/tally/v1"
 )
 
@@ -75,7 +76,7 @@ type Fleet struct {
 	known    map[string]store.Agent // the agent list, as last read
 	failures uint64                 // last_error transitions to an error
 
-	notify notifier
+	notify notify.Hub
 	kick   chan struct{} // a report from an agent not in the list: read it again now
 }
 
@@ -120,7 +121,6 @@ func New(cfg Config) *Fleet {
 		started: cfg.Clock.Now(),
 		reports: map[string]*agentState{},
 		known:   map[string]store.Agent{},
-		notify:  notifier{subs: map[chan struct{}]struct{}{}},
 		kick:    make(chan struct{}, 1),
 	}
 }
@@ -168,7 +168,7 @@ func (f *Fleet) Refresh(ctx context.Context) error {
 		}
 	}
 	f.mu.Unlock()
-	f.notify.send()
+	f.notify.Send()
 	return nil
 }
 
@@ -248,7 +248,7 @@ func (f *Fleet) Report(ctx context.Context, agentID string, r *tallyv1.ReportSVI
 	}
 	st.lastReport = now
 	f.reports[agentID] = st
-	f.notify.send()
+	f.notify.Send()
 	return nil
 }
 
@@ -356,7 +356,7 @@ func namespaceOfID(id string) string {
 // Subscribe returns a channel that receives a value (the latest wins) after
 // each report and each agent list read, and a function that ends the
 // subscription. Nothing waits for a subscriber.
-func (f *Fleet) Subscribe() (<-chan struct{}, func()) { return f.notify.subscribe() }
+func (f *Fleet) Subscribe() (<-chan struct{}, func()) { return f.notify.Subscribe() }
 
 func unix(sec int64) time.Time {
 	if sec == 0 {
@@ -374,33 +374,4 @@ func truncate(s string, n int) string {
 		n--
 	}
 	return strings.Clone(s[:n])
-}
-
-// notifier tells subscribers that something changed, never blocking.
-type notifier struct {
-	mu   sync.Mutex
-	subs map[chan struct{}]struct{}
-}
-
-func (n *notifier) subscribe() (<-chan struct{}, func()) {
-	ch := make(chan struct{}, 1)
-	n.mu.Lock()
-	n.subs[ch] = struct{}{}
-	n.mu.Unlock()
-	return ch, func() {
-		n.mu.Lock()
-		delete(n.subs, ch)
-		n.mu.Unlock()
-	}
-}
-
-func (n *notifier) send() {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	for ch := range n.subs {
-		select {
-		case ch <- struct{}{}:
-		default:
-		}
-	}
 }

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"k8s.io/utils/clock"
+
+	"github.com/tallyid/tally/internal/notify"
 )
 
 // Defaults of Config.
@@ -44,7 +46,7 @@ type Recorder struct {
 	bucket *buckets
 	totals [numKinds]counts
 
-	notify notifier
+	notify notify.Hub
 }
 
 // New returns an empty Recorder.
@@ -67,7 +69,6 @@ func New(cfg Config) *Recorder {
 		ring:   make([]packed, cfg.Size),
 		index:  newLRU(cfg.MaxIdentities),
 		bucket: newBuckets(cfg.Minutes),
-		notify: notifier{subs: map[chan struct{}]struct{}{}},
 	}
 }
 
@@ -96,7 +97,7 @@ func (r *Recorder) Record(e Event) {
 		r.index.put(r.in, &p)
 	}
 	r.mu.Unlock()
-	r.notify.send()
+	r.notify.Send()
 }
 
 // List returns the events recorded for spiffeID (all events for ""), newest
@@ -209,33 +210,4 @@ func (r *Recorder) Stats() Stats {
 // Subscribe returns a channel that receives a value (the latest wins: one
 // pending value for any number of Records) after events are recorded, and a
 // function that ends the subscription.
-func (r *Recorder) Subscribe() (<-chan struct{}, func()) { return r.notify.subscribe() }
-
-// notifier tells subscribers that something changed, never blocking.
-type notifier struct {
-	mu   sync.Mutex
-	subs map[chan struct{}]struct{}
-}
-
-func (n *notifier) subscribe() (<-chan struct{}, func()) {
-	ch := make(chan struct{}, 1)
-	n.mu.Lock()
-	n.subs[ch] = struct{}{}
-	n.mu.Unlock()
-	return ch, func() {
-		n.mu.Lock()
-		delete(n.subs, ch)
-		n.mu.Unlock()
-	}
-}
-
-func (n *notifier) send() {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	for ch := range n.subs {
-		select {
-		case ch <- struct{}{}:
-		default:
-		}
-	}
-}
+func (r *Recorder) Subscribe() (<-chan struct{}, func()) { return r.notify.Subscribe() }
