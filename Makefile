@@ -4,12 +4,15 @@ BIN      := $(CURDIR)/bin
 GOFLAGS  ?= -buildvcs=false
 export GOFLAGS
 
-.PHONY: all build test bench run demo-todos proto vet clean spire k8s
+.PHONY: all build test bench run demo-todos proto vet clean spire k8s images
 
 all: build
 
 build: ## build tally-server, tally-agent, tallyctl and the demo into bin/
 	$(GO) build -o $(BIN)/ ./cmd/... ./examples/...
+
+images: ## tally-server and tally-agent image tarballs in bin/images, built without a Docker engine (docker load, ctr images import, crane push; see scripts/images)
+	$(GO) run ./scripts/images -out $(BIN)/images
 
 vet:
 	$(GO) vet ./...
