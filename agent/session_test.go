@@ -206,9 +206,10 @@ func (n *testNode) bundlePEM() []byte {
 
 func (n *testNode) AttestAgent(_ context.Context, req *tallyv1.AttestAgentRequest) (*tallyv1.AttestAgentResponse, error) {
 	n.attests.Add(1)
+	fail := n.attestErr.Load() // read before the test hears of the call, which may then change it
 	n.calls <- "attest"
-	if err := n.attestErr.Load(); err != nil {
-		return nil, *err
+	if fail != nil {
+		return nil, *fail
 	}
 	chain, err := n.agentSVID(req.GetCsr())
 	if err != nil {
@@ -223,9 +224,10 @@ func (n *testNode) AttestAgent(_ context.Context, req *tallyv1.AttestAgentReques
 
 func (n *testNode) RenewAgent(_ context.Context, req *tallyv1.RenewAgentRequest) (*tallyv1.RenewAgentResponse, error) {
 	n.renews.Add(1)
+	fail := n.renewErr.Load() // as AttestAgent
 	n.calls <- "renew"
-	if err := n.renewErr.Load(); err != nil {
-		return nil, *err
+	if fail != nil {
+		return nil, *fail
 	}
 	chain, err := n.agentSVID(req.GetCsr())
 	if err != nil {
