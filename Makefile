@@ -4,7 +4,7 @@ BIN      := $(CURDIR)/bin
 GOFLAGS  ?= -buildvcs=false
 export GOFLAGS
 
-.PHONY: all build test bench run demo-todos proto vet clean spire k8s images
+.PHONY: all build test bench run demo-todos proto vet clean spire k8s images helm
 
 all: build
 
@@ -22,6 +22,9 @@ spire: ## SPIRE v1.13.3 from the Go module proxy, cached in .cache/spire (its CL
 
 k8s: ## kube-apiserver v1.37.2 and etcd from the Go module proxy, cached in .cache/k8s (tests run a real control plane)
 	./scripts/k8s/build.sh
+
+helm: ## helm v3.22.0 from the Go module proxy, cached in .cache/helm (tests lint and render deploy/helm/tally)
+	./scripts/helm/build.sh
 
 stepca: ## step-ca v0.30.2 from the Go module proxy, cached in .cache/step-ca (tests use it as an upstream CA)
 	./scripts/stepca/build.sh
