@@ -142,7 +142,7 @@ func (c Config) Validate() error {
 		return keyed("StepCA", "an upstream step-ca or upstream files, not both")
 	}
 	if c.StepCA != nil {
-		if err := c.StepCA.validate(); err != nil {
+		if err := c.StepCA.Validate(); err != nil {
 			return keyed("StepCA", "%v", err)
 		}
 	}

@@ -31,7 +31,8 @@ type StepCA struct {
 	PasswordFile string
 }
 
-func (s *StepCA) validate() error {
+// Validate checks the fields' form (not that step-ca answers).
+func (s *StepCA) Validate() error {
 	switch {
 	case !strings.HasPrefix(s.URL, "https://"):
 		return fmt.Errorf("URL %q: want https://host:port", s.URL)

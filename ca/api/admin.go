@@ -382,6 +382,12 @@ type adminIDKey struct{}
 // AdminTLSInterceptor guards the Admin service on the TLS listener: the
 // caller's X509-SVID must name a configured admin ID or an admin entry.
 // Calls to other services pass through.
+// IsAdmin reports whether a SPIFFE ID is an admin: listed in AdminIDs, or
+// the ID of an admin entry. Every admin check over mTLS asks it.
+func (a *Admin) IsAdmin(id string) bool {
+	return slices.Contains(a.cfg.AdminIDs, id) || a.cfg.Registry.IsAdmin(id)
+}
+
 func (a *Admin) AdminTLSInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	if !strings.HasPrefix(info.FullMethod, "/"+tallyv1.Admin_ServiceDesc.ServiceName+"/") {
 		return handler(ctx, req)
@@ -390,7 +396,7 @@ func (a *Admin) AdminTLSInterceptor(ctx context.Context, req any, info *grpc.Una
 	if err != nil {
 		return nil, a.fail(ctx, "admin_auth", info.FullMethod, err)
 	}
-	if !slices.Contains(a.cfg.AdminIDs, id.String()) && !a.cfg.Registry.IsAdmin(id.String()) {
+	if !a.IsAdmin(id.String()) {
 		return nil, a.fail(context.WithValue(ctx, adminIDKey{}, id.String()), "admin_auth", info.FullMethod,
 			fmt.Errorf("%w: %s is not an admin", errPermission, id))
 	}

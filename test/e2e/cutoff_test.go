@@ -87,7 +87,9 @@ func (p *cutProxy) setCut(cut bool) {
 // once it is back.
 func TestAgentCutOffIsAtRisk(t *testing.T) {
 	t.Parallel()
-	s := harness.StartServer(t, "--ca-ttl", "30m", "--x509-svid-ttl", "12s")
+	// The agent's own SVID outlives the cut (a join-token agent whose SVID
+	// expired could not attest again); the workload's 12 s SVID does not.
+	s := harness.StartServer(t, "--ca-ttl", "30m", "--x509-svid-ttl", "12s", "--agent-svid-ttl", "5m")
 	p := startCutProxy(t, s.BindAddr)
 	a := harness.StartAgent(t, s, "", "--server-address", p.addr(), "--report-interval", "1s")
 	createEntries(t, s, &tallyv1.Entry{SpiffeId: "spiffe://example.org/cutoff", ParentId: a.ID(t).String(),
@@ -192,4 +194,24 @@ func (d *dashboard) atRisk() []string {
 		out = append(out, r.Subject)
 	}
 	return out
+}
+
+// tallyctl dashboard token refuses a lifetime the server cannot give, and
+// a malformed one, with the reason; nothing is signed.
+func TestDashboardTokenRefusesBadTTL(t *testing.T) {
+	t.Parallel()
+	s := harness.StartServer(t, "--ca-ttl", "30m") // tokens live at most 5m
+	for ttl, want := range map[string]string{
+		"1h":   "exceeds the longest a token may live on this server, 5m0s (ca_ttl/6)",
+		"-1s":  "must not be negative",
+		"1.5s": "whole number of seconds",
+	} {
+		stdout, stderr, err := s.Ctl("dashboard", "token", "--ttl", ttl)
+		require.Error(t, err, ttl)
+		require.Contains(t, stderr, want, ttl)
+		require.Empty(t, stdout, ttl)
+	}
+	stdout, stderr, err := s.Ctl("-o", "json", "dashboard", "token")
+	require.NoError(t, err, stderr)
+	require.Contains(t, stdout, `"login_url": "https://127.0.0.1:`, "the default (min(1h, ca_ttl/6)) works")
 }

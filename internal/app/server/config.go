@@ -240,6 +240,9 @@ func (c Config) Validate() error {
 		if sc.URL == "" || sc.Fingerprint == "" || sc.Provisioner == "" || sc.PasswordFile == "" {
 			return errors.New("config: upstream_step_ca_url, _fingerprint, _provisioner and _password_file go together")
 		}
+		if err := sc.Validate(); err != nil {
+			return fmt.Errorf("config: upstream_step_ca: %w", err)
+		}
 	}
 	for _, id := range c.AdminIDs {
 		if _, err := spiffeid.FromString(id); err != nil {

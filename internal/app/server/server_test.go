@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -141,6 +142,25 @@ func TestConfigRefusesBadValues(t *testing.T) {
 		{"psat_kube_burst", func(c *Config) { c.PSATKubeBurst = 0 }},
 		{"trust_domain", func(c *Config) { c.TrustDomain = "Example.org/x" }},
 		{"log_level", func(c *Config) { c.LogLevel = "loud" }},
+		{"web_address", func(c *Config) { c.WebAddress = "no-port" }},
+		{"web_cert_file and web_key_file", func(c *Config) { c.WebCertFile = "/tmp/cert.pem" }},
+		{"web_dns_names", func(c *Config) { c.WebDNSNames = nil }},
+		{"web_dns_names", func(c *Config) { c.WebDNSNames = []string{"under_score.example"} }},
+		{"upstream_step_ca", func(c *Config) { c.UpstreamStepCAURL = "https://ca.example:9000" }},
+		{"upstream_step_ca", func(c *Config) {
+			c.UpstreamStepCAURL, c.UpstreamStepCAFingerprint = "http://ca.example:9000", strings.Repeat("ab", 32)
+			c.UpstreamStepCAProvisioner, c.UpstreamStepCAPasswordFile = "tally", "/tmp/pw"
+		}},
+		{"upstream_step_ca", func(c *Config) {
+			c.UpstreamStepCAURL, c.UpstreamStepCAFingerprint = "https://ca.example:9000", "not-hex"
+			c.UpstreamStepCAProvisioner, c.UpstreamStepCAPasswordFile = "tally", "/tmp/pw"
+		}},
+		{"not both", func(c *Config) {
+			c.UpstreamStepCAURL, c.UpstreamStepCAFingerprint = "https://ca.example:9000", strings.Repeat("ab", 32)
+			c.UpstreamStepCAProvisioner, c.UpstreamStepCAPasswordFile = "tally", "/tmp/pw"
+			c.UpstreamCertFile, c.UpstreamKeyFile = "/tmp/up.pem", "/tmp/up.key"
+		}},
+		{"token_ttl", func(c *Config) { c.Exchange.TokenTTL = time.Hour }},
 	} {
 		cfg := DefaultConfig()
 		cfg.TrustDomain = "example.org"

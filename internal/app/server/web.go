@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"k8s.io/utils/clock"
@@ -69,7 +68,7 @@ func (s *Server) listenWeb(c *components) error {
 	c.dashboard, err = dashboard.New(dashboard.Config{
 		Source: dashboardSource{fleet: c.fleet, records: c.records},
 		Auth: dashboardAuth{tokens: s.dashboardTokens(c), bundle: c.authority.Bundle,
-			adminIDs: s.cfg.AdminIDs, entries: c.registry, clock: s.clock},
+			admins: c.admin, clock: s.clock},
 		Clock: s.clock,
 		// Risks that come from time passing alone (an SVID entering its last
 		// quarter) reach open pages within this, with no event to push them.
@@ -129,8 +128,7 @@ func bundlePool(b func() *spiffebundle.Bundle) func() *x509.CertPool {
 	}
 }
 
-// adminCheck says whether a SPIFFE ID is an admin: listed in admin_ids or
-// an admin entry.
+// adminCheck says whether a SPIFFE ID is an admin (the Admin API's rule).
 type adminCheck interface {
 	IsAdmin(id string) bool
 }
@@ -138,11 +136,10 @@ type adminCheck interface {
 // dashboardAuth authenticates the dashboard's viewers: a dashboard token, or
 // an admin SVID over mTLS.
 type dashboardAuth struct {
-	tokens   dashboardTokens
-	bundle   func() *spiffebundle.Bundle
-	adminIDs []string
-	entries  adminCheck
-	clock    clock.PassiveClock
+	tokens dashboardTokens
+	bundle func() *spiffebundle.Bundle
+	admins adminCheck
+	clock  clock.PassiveClock
 }
 
 func (d dashboardAuth) VerifyToken(_ context.Context, token string) (time.Time, error) {
@@ -161,12 +158,8 @@ func (d dashboardAuth) VerifyAdmin(_ context.Context, chain []*x509.Certificate)
 	if err != nil {
 		return fmt.Errorf("dashboard: client certificate: %w", err)
 	}
-	if !isAdmin(id, d.adminIDs, d.entries) {
+	if !d.admins.IsAdmin(id.String()) {
 		return fmt.Errorf("dashboard: %s is not an admin", id)
 	}
 	return nil
-}
-
-func isAdmin(id spiffeid.ID, adminIDs []string, entries adminCheck) bool {
-	return slices.Contains(adminIDs, id.String()) || entries.IsAdmin(id.String())
 }
