@@ -29,7 +29,7 @@ helm: ## helm v3.22.0 from the Go module proxy, cached in .cache/helm (tests lin
 stepca: ## step-ca v0.30.2 from the Go module proxy, cached in .cache/step-ca (tests use it as an upstream CA)
 	./scripts/stepca/build.sh
 
-test: build spire k8s stepca ## every test (real badger, real gRPC over real sockets, real processes)
+test: build spire k8s stepca helm ## every test (real badger, real gRPC over real sockets, real processes)
 	$(GO) vet ./...
 	TALLY_BIN=$(BIN) $(GO) test -count=1 -timeout 20m ./...
 

@@ -31,10 +31,22 @@ cleanup() {
 }
 trap cleanup EXIT
 trap "exit 0" INT TERM
+# wait_for waits up to a minute (a loaded CI machine is slow to start a
+# process) and gives up at once if a process it started has died, showing
+# the end of every log so the cause is in the output, not only in $DIR.
 wait_for() { # what, command...
   local what=$1; shift
-  for _ in $(seq 1 200); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
-  echo "timed out waiting for $what; see $DIR/*.log" >&2; exit 1
+  for _ in $(seq 1 600); do
+    "$@" >/dev/null 2>&1 && return 0
+    for pid in "${PIDS[@]}"; do
+      kill -0 "$pid" 2>/dev/null || { echo "a process exited while waiting for $what" >&2; show_logs; exit 1; }
+    done
+    sleep 0.1
+  done
+  echo "timed out waiting for $what" >&2; show_logs; exit 1
+}
+show_logs() {
+  for log in "$DIR"/*.log; do echo "--- $log (last lines)" >&2; tail -n 15 "$log" >&2; done
 }
 
 # The users' OpenID provider: alice and bob, client todos-app.
