@@ -26,8 +26,8 @@ import (
 // Registry is what the Admin API needs of the registry.
 type Registry interface {
 	CreateEntries(ctx context.Context, entries []store.Entry) ([]store.Entry, error)
-	UpdateEntry(ctx context.Context, e store.Entry) (store.Entry, error)
-	DeleteEntries(ctx context.Context, ids []string) error
+	UpdateEntry(ctx context.Context, e store.Entry, force bool) (store.Entry, error)
+	DeleteEntries(ctx context.Context, ids []string, force bool) error
 	GetEntry(ctx context.Context, id string) (store.Entry, error)
 	ListEntries(ctx context.Context, f store.EntryFilter) ([]store.Entry, error)
 	IsAdmin(spiffeID string) bool
@@ -167,7 +167,7 @@ func (a *Admin) ListEntries(ctx context.Context, req *tallyv1.ListEntriesRequest
 func (a *Admin) UpdateEntry(ctx context.Context, req *tallyv1.UpdateEntryRequest) (*tallyv1.Entry, error) {
 	e, err := entryFromProto(req.GetEntry())
 	if err == nil {
-		e, err = a.cfg.Registry.UpdateEntry(ctx, e)
+		e, err = a.cfg.Registry.UpdateEntry(ctx, e, req.GetForce())
 	}
 	if err != nil {
 		return nil, a.fail(ctx, "entry_update", req.GetEntry().GetId(), err)
@@ -178,7 +178,7 @@ func (a *Admin) UpdateEntry(ctx context.Context, req *tallyv1.UpdateEntryRequest
 
 // BatchDeleteEntries deletes all entries or none.
 func (a *Admin) BatchDeleteEntries(ctx context.Context, req *tallyv1.BatchDeleteEntriesRequest) (*tallyv1.BatchDeleteEntriesResponse, error) {
-	if err := a.cfg.Registry.DeleteEntries(ctx, req.GetIds()); err != nil {
+	if err := a.cfg.Registry.DeleteEntries(ctx, req.GetIds(), req.GetForce()); err != nil {
 		return nil, a.fail(ctx, "entry_delete", strings.Join(req.GetIds(), ","), err)
 	}
 	a.log(ctx, "entry_delete", strings.Join(req.GetIds(), ","), nil)

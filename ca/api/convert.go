@@ -29,6 +29,9 @@ func entryFromProto(p *tallyv1.Entry) (store.Entry, error) {
 	if p == nil {
 		return store.Entry{}, fmt.Errorf("%w: entry is required", errInvalid)
 	}
+	if p.GetOwner() != nil {
+		return store.Entry{}, fmt.Errorf("%w: owner is output only: the Kubernetes registrar marks the entries it keeps", errInvalid)
+	}
 	x509TTL, err := ttlFromSeconds("x509_ttl", p.GetX509TtlSeconds())
 	if err != nil {
 		return store.Entry{}, err
@@ -62,9 +65,17 @@ func EntryToProto(e *store.Entry) *tallyv1.Entry {
 		DnsNames:       e.DNSNames,
 		Hint:           e.Hint,
 		Admin:          e.Admin,
+		Owner:          ownerToProto(e.Owner),
 		Revision:       e.Revision,
 		CreatedAt:      e.CreatedAt.Unix(),
 	}
+}
+
+func ownerToProto(o *store.Owner) *tallyv1.EntryOwner {
+	if o == nil {
+		return nil
+	}
+	return &tallyv1.EntryOwner{Cluster: o.Cluster, Kind: o.Kind, Name: o.Name, Pod: o.Pod, PodUid: o.PodUID}
 }
 
 func selectorsFromProto(ps []*tallyv1.Selector) []store.Selector {

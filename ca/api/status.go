@@ -40,6 +40,8 @@ func toStatus(log *slog.Logger, method string, err error) error {
 		code = codes.NotFound
 	case errors.Is(err, store.ErrAlreadyExists):
 		code = codes.AlreadyExists
+	case errors.Is(err, registry.ErrOwned):
+		code = codes.FailedPrecondition
 	case errors.Is(err, attest.ErrDenied), errors.Is(err, registry.ErrNotAuthorized), errors.Is(err, errPermission):
 		code = codes.PermissionDenied
 	case errors.Is(err, errUnauthenticated):

@@ -88,7 +88,7 @@ func TestAttackControlCharsInSelectors(t *testing.T) {
 			upd := orig
 			upd.Selectors = slices.Clone(orig.Selectors)
 			c.mutate(&upd)
-			_, err = r.UpdateEntry(ctx, upd)
+			_, err = r.UpdateEntry(ctx, upd, false)
 			require.ErrorIs(t, err, registry.ErrInvalid)
 			require.ErrorContains(t, err, c.errHas)
 			got, err := st.GetEntry(ctx, orig.ID)

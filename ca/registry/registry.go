@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -30,6 +31,7 @@ type Store interface {
 	CreateEntries(ctx context.Context, entries []store.Entry) ([]store.Entry, error)
 	UpdateEntry(ctx context.Context, e store.Entry) (store.Entry, error)
 	DeleteEntries(ctx context.Context, ids []string) error
+	WriteEntries(ctx context.Context, w store.EntryWrites) (store.EntryWrites, error)
 	GetEntry(ctx context.Context, id string) (store.Entry, error)
 	ListEntries(ctx context.Context, f store.EntryFilter) ([]store.Entry, error)
 	Revision(ctx context.Context) (uint64, error)
@@ -299,11 +301,18 @@ func (r *Registry) CreateEntries(ctx context.Context, entries []store.Entry) ([]
 	return out, r.CatchUp(ctx)
 }
 
-// UpdateEntry validates e and replaces the entry with e.ID.
-func (r *Registry) UpdateEntry(ctx context.Context, e store.Entry) (store.Entry, error) {
+// UpdateEntry validates e and replaces the entry with e.ID: a hand edit.
+// An entry the registrar keeps (store.Owner) is refused with ErrOwned
+// unless force; forced, it keeps its owner. Hand edits never set an owner.
+func (r *Registry) UpdateEntry(ctx context.Context, e store.Entry, force bool) (store.Entry, error) {
 	if e.ID == "" {
 		return store.Entry{}, fmt.Errorf("%w: id is required", ErrInvalid)
 	}
+	owner, err := r.handEdit(ctx, e.ID, force)
+	if err != nil {
+		return store.Entry{}, err
+	}
+	e.Owner = owner
 	if err := ValidateEntry(r.cfg.TrustDomain, r.cfg.Limits, &e); err != nil {
 		return store.Entry{}, err
 	}
@@ -314,10 +323,107 @@ func (r *Registry) UpdateEntry(ctx context.Context, e store.Entry) (store.Entry,
 	return out, r.CatchUp(ctx)
 }
 
-// DeleteEntries deletes all entries or none.
-func (r *Registry) DeleteEntries(ctx context.Context, ids []string) error {
+// handEdit is the rule for changing an entry by hand: refused while the
+// registrar keeps it, unless forced. It returns the entry's owner, which a
+// forced edit keeps. An entry's owner never changes (the registrar creates
+// its own entries and never adopts others), so checking the view caught
+// up to now before the write is enough.
+func (r *Registry) handEdit(ctx context.Context, id string, force bool) (*store.Owner, error) {
+	if err := r.CatchUp(ctx); err != nil {
+		return nil, err
+	}
+	r.mu.RLock()
+	var o *store.Owner
+	if e := r.idx.entries[id]; e != nil {
+		o = e.Owner
+	}
+	r.mu.RUnlock()
+	if o == nil || force {
+		return o, nil
+	}
+	return nil, fmt.Errorf("%w: entry %q is rendered from %s %q of cluster %q; change that resource instead, or force the edit (the registrar rewrites the entry when it next reconciles it)",
+		ErrOwned, id, o.Kind, o.Name, o.Cluster)
+}
+
+// WriteEntries validates w's updates and creations, then applies its
+// deletions, updates and creations at once, all or none (store.EntryWrites).
+// Creations get their IDs here.
+func (r *Registry) WriteEntries(ctx context.Context, w store.EntryWrites) (store.EntryWrites, error) {
+	if len(w.Delete)+len(w.Update)+len(w.Create) == 0 {
+		return store.EntryWrites{}, fmt.Errorf("%w: nothing to write", ErrInvalid)
+	}
+	for i := range w.Update {
+		if w.Update[i].ID == "" {
+			return store.EntryWrites{}, fmt.Errorf("%w: update %d: id is required", ErrInvalid, i)
+		}
+		if err := ValidateEntry(r.cfg.TrustDomain, r.cfg.Limits, &w.Update[i]); err != nil {
+			return store.EntryWrites{}, fmt.Errorf("update %q: %w", w.Update[i].ID, err)
+		}
+	}
+	now := r.cfg.Clock.Now().UTC().Truncate(time.Second)
+	for i := range w.Create {
+		if err := ValidateEntry(r.cfg.TrustDomain, r.cfg.Limits, &w.Create[i]); err != nil {
+			return store.EntryWrites{}, fmt.Errorf("create %d (%s): %w", i, w.Create[i].SPIFFEID, err)
+		}
+		w.Create[i].ID = NewID()
+		w.Create[i].CreatedAt = now
+	}
+	out, err := r.cfg.Store.WriteEntries(ctx, w)
+	if err != nil {
+		return store.EntryWrites{}, err
+	}
+	return out, r.CatchUp(ctx)
+}
+
+// Validate checks and normalises e as a write would (ValidateEntry with
+// this registry's trust domain and limits).
+func (r *Registry) Validate(e *store.Entry) error {
+	return ValidateEntry(r.cfg.TrustDomain, r.cfg.Limits, e)
+}
+
+// FindEqual returns the ID of an entry equal to e in spiffe_id, parent_id
+// and selector set (what the store refuses twice), from memory; "" if none.
+// e's selectors must be sorted (Validate sorts them).
+func (r *Registry) FindEqual(e *store.Entry) string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	for id, other := range r.idx.bySPIFFE[e.SPIFFEID] {
+		if other.ParentID == e.ParentID && slices.Equal(selectorSet(other.Selectors), selectorSet(e.Selectors)) {
+			return id
+		}
+	}
+	return ""
+}
+
+// selectorSet is s sorted without repeats (s is not changed).
+func selectorSet(s []store.Selector) []store.Selector {
+	out := slices.Clone(s)
+	SortSelectors(out)
+	return slices.Compact(out)
+}
+
+// Owned calls f with every entry whose owner is of cluster, from memory;
+// f must not keep the entry beyond the call or change it.
+func (r *Registry) Owned(cluster string, f func(e *store.Entry)) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	for _, e := range r.idx.entries {
+		if e.Owner != nil && e.Owner.Cluster == cluster {
+			f(e)
+		}
+	}
+}
+
+// DeleteEntries deletes all entries or none, by hand: entries the
+// registrar keeps are refused with ErrOwned unless force.
+func (r *Registry) DeleteEntries(ctx context.Context, ids []string, force bool) error {
 	if len(ids) == 0 {
 		return fmt.Errorf("%w: no entry ids given", ErrInvalid)
+	}
+	for _, id := range ids {
+		if _, err := r.handEdit(ctx, id, force); err != nil {
+			return err
+		}
 	}
 	if err := r.cfg.Store.DeleteEntries(ctx, ids); err != nil {
 		return err

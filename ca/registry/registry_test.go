@@ -92,14 +92,14 @@ func TestChangesAndAuthorized(t *testing.T) {
 	// A change to another agent's entry is invisible.
 	foreign := created[3]
 	foreign.Hint = "x"
-	_, err = r.UpdateEntry(ctx, foreign)
+	_, err = r.UpdateEntry(ctx, foreign, false)
 	require.NoError(t, err)
 	d = r.Changes(sc, rev)
 	require.True(t, d.Empty(), "%+v", d)
 	rev = d.Revision
 
 	// Deleting a leaf sends its ID.
-	require.NoError(t, r.DeleteEntries(ctx, []string{leaf.ID}))
+	require.NoError(t, r.DeleteEntries(ctx, []string{leaf.ID}, false))
 	d = r.Changes(sc, rev)
 	require.Equal(t, []string{leaf.ID}, d.Deleted)
 	require.Empty(t, d.Upserts)
@@ -108,7 +108,7 @@ func TestChangesAndAuthorized(t *testing.T) {
 	// Re-parenting an entry with children away: a snapshot without them.
 	aliased := created[1]
 	aliased.ParentID = "spiffe://example.org/tally/agent/join_token/b"
-	_, err = r.UpdateEntry(ctx, aliased)
+	_, err = r.UpdateEntry(ctx, aliased, false)
 	require.NoError(t, err)
 	d = r.Changes(sc, rev)
 	require.True(t, d.Reset)
@@ -117,7 +117,7 @@ func TestChangesAndAuthorized(t *testing.T) {
 
 	// Moving it back brings the whole subtree.
 	aliased.ParentID = agentA
-	_, err = r.UpdateEntry(ctx, aliased)
+	_, err = r.UpdateEntry(ctx, aliased, false)
 	require.NoError(t, err)
 	d = r.Changes(sc, rev)
 	require.True(t, d.Reset)
@@ -146,10 +146,10 @@ func TestChangesAndAuthorized(t *testing.T) {
 		}
 	}
 	laterEntry.ParentID = "spiffe://example.org/tally/agent/join_token/b"
-	_, err = r.UpdateEntry(ctx, laterEntry)
+	_, err = r.UpdateEntry(ctx, laterEntry, false)
 	require.NoError(t, err)
 	orphan.ParentID = "spiffe://example.org/nowhere"
-	_, err = r.UpdateEntry(ctx, orphan)
+	_, err = r.UpdateEntry(ctx, orphan, false)
 	require.NoError(t, err)
 	d = r.Changes(sc, rev)
 	require.True(t, d.Reset)

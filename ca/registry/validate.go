@@ -26,6 +26,9 @@ const (
 	maxDNSNames    = 64
 	maxSelectors   = 64
 	maxSPIFFEIDLen = 2048
+	// maxOwnerFieldLen bounds each owner field: names of Kubernetes objects
+	// are at most 253 bytes, "namespace/name" twice that.
+	maxOwnerFieldLen = 512
 )
 
 // ValidateEntry checks an entry for creation or update and normalises it
@@ -83,6 +86,42 @@ func ValidateEntry(td spiffeid.TrustDomain, lim Limits, e *store.Entry) error {
 	}
 	if len(e.Hint) > maxHintLen {
 		return fmt.Errorf("%w: hint: longer than %d bytes", ErrInvalid, maxHintLen)
+	}
+	return validateOwner(e.Owner)
+}
+
+// Owner kinds: the Kubernetes resources the registrar renders entries from.
+const (
+	OwnerClusterIdentity    = "ClusterIdentity"
+	OwnerClusterStaticEntry = "ClusterStaticEntry"
+)
+
+func validateOwner(o *store.Owner) error {
+	if o == nil {
+		return nil
+	}
+	for field, v := range map[string]string{"owner.cluster": o.Cluster, "owner.name": o.Name, "owner.pod": o.Pod, "owner.pod_uid": o.PodUID} {
+		if err := CheckText(field, v); err != nil {
+			return err
+		}
+		if len(v) > maxOwnerFieldLen {
+			return fmt.Errorf("%w: %s: longer than %d bytes", ErrInvalid, field, maxOwnerFieldLen)
+		}
+	}
+	if o.Cluster == "" || o.Name == "" {
+		return fmt.Errorf("%w: owner: cluster and name are required", ErrInvalid)
+	}
+	switch o.Kind {
+	case OwnerClusterIdentity:
+		if o.Pod == "" || o.PodUID == "" {
+			return fmt.Errorf("%w: owner: a %s entry names its pod and pod UID", ErrInvalid, o.Kind)
+		}
+	case OwnerClusterStaticEntry:
+		if o.Pod != "" || o.PodUID != "" {
+			return fmt.Errorf("%w: owner: a %s entry is for no pod", ErrInvalid, o.Kind)
+		}
+	default:
+		return fmt.Errorf("%w: owner.kind %q: not %s or %s", ErrInvalid, o.Kind, OwnerClusterIdentity, OwnerClusterStaticEntry)
 	}
 	return nil
 }

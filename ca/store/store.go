@@ -28,6 +28,11 @@ type Store interface {
 	UpdateEntry(ctx context.Context, e Entry) (Entry, error)
 	// DeleteEntries deletes all entries or none (ErrNotFound if one is absent).
 	DeleteEntries(ctx context.Context, ids []string) error
+	// WriteEntries applies w's deletions, then its updates, then its
+	// creations in one transaction, all or none, with the rules of the three
+	// methods above; each step sees the earlier ones. It returns the updated
+	// and created entries as stored.
+	WriteEntries(ctx context.Context, w EntryWrites) (EntryWrites, error)
 	// GetEntry returns the entry or ErrNotFound.
 	GetEntry(ctx context.Context, id string) (Entry, error)
 	// ListEntries returns entries matching the filter ordered by ID, at most
@@ -94,8 +99,33 @@ type Entry struct {
 	DNSNames  []string      `json:"dns_names,omitempty"`
 	Hint      string        `json:"hint,omitempty"`
 	Admin     bool          `json:"admin,omitempty"`
-	Revision  uint64        `json:"revision"`
-	CreatedAt time.Time     `json:"created_at"`
+	// Owner is set on the entries the Kubernetes registrar keeps; nil on
+	// entries made by hand. The registrar writes only entries it owns.
+	Owner     *Owner    `json:"owner,omitempty"`
+	Revision  uint64    `json:"revision"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// Owner says which registrar keeps an entry and what it renders it from.
+type Owner struct {
+	// Cluster is the registrar's cluster name: several clusters can share
+	// one server, each keeping only its own entries.
+	Cluster string `json:"cluster"`
+	// Kind and Name are the resource the entry is rendered from
+	// (ClusterIdentity or ClusterStaticEntry).
+	Kind string `json:"kind"`
+	Name string `json:"name"`
+	// Pod is "namespace/name" of the pod the entry is for, and PodUID its
+	// UID; empty for a ClusterStaticEntry.
+	Pod    string `json:"pod,omitempty"`
+	PodUID string `json:"pod_uid,omitempty"`
+}
+
+// EntryWrites is a change of several entries made at once.
+type EntryWrites struct {
+	Delete []string
+	Update []Entry
+	Create []Entry
 }
 
 // EntryFilter narrows ListEntries; zero fields match everything.

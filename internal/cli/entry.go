@@ -189,7 +189,10 @@ func listEntries(ctx context.Context, client tallyv1.AdminClient, req *tallyv1.L
 }
 
 func (a *app) newEntryUpdateCommand() *cobra.Command {
-	var f entryFlags
+	var (
+		f     entryFlags
+		force bool
+	)
 	cmd := &cobra.Command{
 		Use:   "update ID",
 		Short: "Change fields of a registration entry",
@@ -215,7 +218,8 @@ entry. Fields without a flag on the command line keep their value;
 				for _, edit := range edits {
 					edit(e)
 				}
-				updated, err := client.UpdateEntry(ctx, &tallyv1.UpdateEntryRequest{Entry: e})
+				e.Owner = nil // output only: the server keeps it
+				updated, err := client.UpdateEntry(ctx, &tallyv1.UpdateEntryRequest{Entry: e, Force: force})
 				if err != nil {
 					return rpcError(fmt.Sprintf("update entry %q", id), err)
 				}
@@ -226,11 +230,16 @@ entry. Fields without a flag on the command line keep their value;
 		},
 	}
 	f.register(cmd, true)
+	cmd.Flags().BoolVar(&force, "force", false, forceHelp)
 	return cmd
 }
 
+// forceHelp is the help of --force of entry update and entry delete.
+const forceHelp = "also change an entry the Kubernetes registrar keeps (see Owner); it rewrites the entry when it next reconciles its pod or resource"
+
 func (a *app) newEntryDeleteCommand() *cobra.Command {
-	return &cobra.Command{
+	var force bool
+	cmd := &cobra.Command{
 		Use:   "delete ID...",
 		Short: "Delete registration entries, all or none",
 		Args:  minArgs(1, "one or more entry IDs"),
@@ -241,7 +250,7 @@ func (a *app) newEntryDeleteCommand() *cobra.Command {
 				}
 			}
 			return a.withClient(cmd, func(ctx context.Context, client tallyv1.AdminClient) error {
-				if _, err := client.BatchDeleteEntries(ctx, &tallyv1.BatchDeleteEntriesRequest{Ids: ids}); err != nil {
+				if _, err := client.BatchDeleteEntries(ctx, &tallyv1.BatchDeleteEntriesRequest{Ids: ids, Force: force}); err != nil {
 					return rpcError("delete entries", err)
 				}
 				return a.render(cmd, deletedJSON{Deleted: ids}, func(w io.Writer) error {
@@ -255,6 +264,8 @@ func (a *app) newEntryDeleteCommand() *cobra.Command {
 			})
 		},
 	}
+	cmd.Flags().BoolVar(&force, "force", false, forceHelp)
+	return cmd
 }
 
 // entryFlags are the flags of entry create and entry update.
@@ -359,8 +370,37 @@ type entryJSON struct {
 	DNSNames       []string       `json:"dns_names"`
 	Hint           string         `json:"hint"`
 	Admin          bool           `json:"admin"`
+	Owner          *ownerJSON     `json:"owner,omitempty"`
 	Revision       uint64         `json:"revision"`
 	CreatedAt      string         `json:"created_at"`
+}
+
+// ownerJSON is the registrar that keeps an entry.
+type ownerJSON struct {
+	Cluster string `json:"cluster"`
+	Kind    string `json:"kind"`
+	Name    string `json:"name"`
+	Pod     string `json:"pod,omitempty"`
+	PodUID  string `json:"pod_uid,omitempty"`
+}
+
+func newOwnerJSON(o *tallyv1.EntryOwner) *ownerJSON {
+	if o == nil {
+		return nil
+	}
+	return &ownerJSON{Cluster: o.GetCluster(), Kind: o.GetKind(), Name: o.GetName(), Pod: o.GetPod(), PodUID: o.GetPodUid()}
+}
+
+// ownerText is "ClusterIdentity web, cluster prod, pod shop/web-1".
+func ownerText(o *tallyv1.EntryOwner) string {
+	if o == nil {
+		return ""
+	}
+	s := o.GetKind() + " " + o.GetName() + ", cluster " + o.GetCluster()
+	if o.GetPod() != "" {
+		s += ", pod " + o.GetPod()
+	}
+	return s
 }
 
 func newEntryJSON(e *tallyv1.Entry) entryJSON {
@@ -374,6 +414,7 @@ func newEntryJSON(e *tallyv1.Entry) entryJSON {
 		DNSNames:       nonNil(e.GetDnsNames()),
 		Hint:           e.GetHint(),
 		Admin:          e.GetAdmin(),
+		Owner:          newOwnerJSON(e.GetOwner()),
 		Revision:       e.GetRevision(),
 		CreatedAt:      unixTime(e.GetCreatedAt()),
 	}
@@ -409,6 +450,7 @@ func writeEntry(w io.Writer, e *tallyv1.Entry) error {
 	f.addAll("DNS names", e.GetDnsNames())
 	f.addIf("Hint", e.GetHint())
 	f.add("Admin", strconv.FormatBool(e.GetAdmin()))
+	f.addIf("Owner", ownerText(e.GetOwner()))
 	f.add("Revision", strconv.FormatUint(e.GetRevision(), 10))
 	f.addIf("Created", unixTime(e.GetCreatedAt()))
 	return f.flush()

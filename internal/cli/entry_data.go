@@ -63,6 +63,9 @@ type entryDataJSON struct {
 	ID        json.RawMessage `json:"id"`
 	Revision  json.RawMessage `json:"revision"`
 	CreatedAt json.RawMessage `json:"created_at"`
+	// Owner marks an entry the Kubernetes registrar keeps: refused, since
+	// the registrar renders it again from its resource.
+	Owner json.RawMessage `json:"owner"`
 }
 
 // parseEntryData parses a --data file: {"entries": [...]}. The output-only
@@ -95,6 +98,9 @@ func parseEntryJSON(raw json.RawMessage) (*tallyv1.Entry, error) {
 	}
 	if d.SPIFFEID == "" {
 		return nil, errors.New("spiffe_id is missing")
+	}
+	if len(d.Owner) > 0 && string(d.Owner) != "null" {
+		return nil, fmt.Errorf("%s has an owner: the Kubernetes registrar keeps it and renders it from its resource; leave it out", d.SPIFFEID)
 	}
 	if d.ParentID == "" {
 		return nil, errors.New("parent_id is missing")

@@ -17,155 +17,137 @@ import (
 // spiffe_id, parent_id and selector set. The returned entries carry their revisions,
 // consecutive in batch order; CreatedAt is kept as given.
 func (s *Store) CreateEntries(ctx context.Context, entries []store.Entry) ([]store.Entry, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("badgerstore: create entries: %w", err)
-	}
 	if len(entries) == 0 {
-		return []store.Entry{}, nil
+		return []store.Entry{}, ctx.Err()
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-
-	rev := s.rev.Load()
-	out := make([]store.Entry, len(entries))
-	ids := make(map[string]struct{}, len(entries))
-	dups := make(map[string]string, len(entries))
-	w := &writes{}
-	// s.mu is held, so no intent is being applied: read without s.applying.
-	err := s.db.View(func(txn *badger.Txn) error {
-		for i, e := range entries {
-			if e.ID == "" {
-				return fmt.Errorf("entry %d has no id", i)
-			}
-			if _, ok := ids[e.ID]; ok {
-				return fmt.Errorf("entry %q is in the batch twice: %w", e.ID, store.ErrAlreadyExists)
-			}
-			ids[e.ID] = struct{}{}
-			found, err := exists(txn, entryKey(e.ID))
-			if err != nil {
-				return err
-			}
-			if found {
-				return fmt.Errorf("entry %q: id is taken: %w", e.ID, store.ErrAlreadyExists)
-			}
-			dk := dupKey(e)
-			if other, ok := dups[string(dk)]; ok {
-				return fmt.Errorf("entry %q equals entry %q of the batch: %w", e.ID, other, store.ErrAlreadyExists)
-			}
-			dups[string(dk)] = e.ID
-			other, err := equalEntryID(txn, dk)
-			if err != nil {
-				return err
-			}
-			if other != "" {
-				return fmt.Errorf("entry %q equals stored entry %q: %w", e.ID, other, store.ErrAlreadyExists)
-			}
-
-			rev++
-			e.Revision = rev
-			out[i] = e
-			if err := putEntry(w, e, dk); err != nil {
-				return err
-			}
-			if err := putEvent(w, store.Event{Revision: rev, Type: store.EventCreated, Entry: e}); err != nil {
-				return err
-			}
-		}
-		w.set([]byte(keyRevision), encodeUint64(rev))
-		return nil
-	})
-	if err == nil {
-		err = s.commit(w)
-	}
-	if errors.Is(err, badger.ErrTxnTooBig) {
-		return nil, fmt.Errorf("badgerstore: create entries: a batch of %d entries is too big, split it: %w", len(entries), err)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("badgerstore: create entries: %w", err)
-	}
-	s.rev.Store(rev)
-	return out, nil
+	out, err := s.write(ctx, "create entries", store.EntryWrites{Create: entries})
+	return out.Create, err
 }
 
 // UpdateEntry replaces the entry with e.ID, keeping the stored CreatedAt. It
 // returns store.ErrNotFound if there is no such entry and
 // store.ErrAlreadyExists if e would equal another entry.
 func (s *Store) UpdateEntry(ctx context.Context, e store.Entry) (store.Entry, error) {
-	if err := ctx.Err(); err != nil {
-		return store.Entry{}, fmt.Errorf("badgerstore: update entry %q: %w", e.ID, err)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-
-	rev := s.rev.Load() + 1
-	w := &writes{}
-	err := s.db.View(func(txn *badger.Txn) error {
-		prev, err := getEntry(txn, e.ID)
-		if err != nil {
-			return err
-		}
-		dk := dupKey(e)
-		other, err := equalEntryID(txn, dk)
-		if err != nil {
-			return err
-		}
-		if other != "" && other != e.ID {
-			return fmt.Errorf("entry %q equals entry %q: %w", e.ID, other, store.ErrAlreadyExists)
-		}
-		e.CreatedAt = prev.CreatedAt
-		e.Revision = rev
-		deleteEntry(w, prev)
-		if err := putEntry(w, e, dk); err != nil {
-			return err
-		}
-		ev := store.Event{Revision: rev, Type: store.EventUpdated, Entry: e, Previous: &prev}
-		if err := putEvent(w, ev); err != nil {
-			return err
-		}
-		w.set([]byte(keyRevision), encodeUint64(rev))
-		return nil
-	})
-	if err == nil {
-		err = s.commit(w)
-	}
+	out, err := s.write(ctx, "update entry", store.EntryWrites{Update: []store.Entry{e}})
 	if err != nil {
-		return store.Entry{}, fmt.Errorf("badgerstore: update entry: %w", err)
+		return store.Entry{}, err
 	}
-	s.rev.Store(rev)
-	return e, nil
+	return out.Update[0], nil
 }
 
 // DeleteEntries deletes all entries with the given IDs or none (see
 // commit): store.ErrNotFound, naming the ID, if one is absent. An ID listed
 // twice is deleted once.
 func (s *Store) DeleteEntries(ctx context.Context, ids []string) error {
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("badgerstore: delete entries: %w", err)
-	}
 	if len(ids) == 0 {
-		return nil
+		return ctx.Err()
+	}
+	_, err := s.write(ctx, "delete entries", store.EntryWrites{Delete: ids})
+	return err
+}
+
+// WriteEntries applies w's deletions, then its updates, then its creations,
+// all or none, in one commit; each later step sees the earlier ones, so an
+// entry may be deleted and an equal one created in the same call. The rules
+// are those of DeleteEntries, UpdateEntry and CreateEntries.
+func (s *Store) WriteEntries(ctx context.Context, w store.EntryWrites) (store.EntryWrites, error) {
+	return s.write(ctx, "write entries", w)
+}
+
+// write is every entry mutation: it computes the writes and events of w
+// over one snapshot plus what w itself has changed so far (pending), then
+// commits them at once.
+func (s *Store) write(ctx context.Context, what string, in store.EntryWrites) (store.EntryWrites, error) {
+	if err := ctx.Err(); err != nil {
+		return store.EntryWrites{}, fmt.Errorf("badgerstore: %s: %w", what, err)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 
 	rev := s.rev.Load()
-	seen := make(map[string]struct{}, len(ids))
+	out := store.EntryWrites{Delete: in.Delete}
 	w := &writes{}
+	// s.mu is held, so no intent is being applied: read without s.applying.
 	err := s.db.View(func(txn *badger.Txn) error {
-		for _, id := range ids {
-			if _, ok := seen[id]; ok {
-				continue
+		p := pending{txn: txn, entries: map[string]*store.Entry{}, dups: map[string]string{}, created: map[string]bool{}}
+		event := func(ev store.Event) error {
+			rev++
+			ev.Revision = rev // a deleted entry keeps the revision it had
+			return putEvent(w, ev)
+		}
+		for _, id := range in.Delete {
+			if e, ok := p.entries[id]; ok && e == nil {
+				continue // listed twice: deleted once
 			}
-			seen[id] = struct{}{}
-			e, err := getEntry(txn, id)
+			e, err := p.entry(id)
 			if err != nil {
 				return err
 			}
 			deleteEntry(w, e)
-			rev++
-			if err := putEvent(w, store.Event{Revision: rev, Type: store.EventDeleted, Entry: e}); err != nil {
+			p.entries[id] = nil
+			p.dups[string(dupKey(e))] = ""
+			if err := event(store.Event{Type: store.EventDeleted, Entry: e}); err != nil {
 				return err
 			}
+		}
+		for _, e := range in.Update {
+			prev, err := p.entry(e.ID)
+			if err != nil {
+				return err
+			}
+			dk := dupKey(e)
+			other, err := p.dup(dk)
+			if err != nil {
+				return err
+			}
+			if other != "" && other != e.ID {
+				return fmt.Errorf("entry %q equals entry %q: %w", e.ID, other, store.ErrAlreadyExists)
+			}
+			e.CreatedAt = prev.CreatedAt
+			e.Revision = rev + 1
+			deleteEntry(w, prev)
+			p.dups[string(dupKey(prev))] = ""
+			if err := putEntry(w, e, dk); err != nil {
+				return err
+			}
+			p.entries[e.ID], p.dups[string(dk)] = &e, e.ID
+			if err := event(store.Event{Type: store.EventUpdated, Entry: e, Previous: &prev}); err != nil {
+				return err
+			}
+			out.Update = append(out.Update, e)
+		}
+		for i, e := range in.Create {
+			if e.ID == "" {
+				return fmt.Errorf("entry %d has no id", i)
+			}
+			if p.created[e.ID] {
+				return fmt.Errorf("entry %q is in the batch twice: %w", e.ID, store.ErrAlreadyExists)
+			}
+			if _, err := p.entry(e.ID); err == nil {
+				return fmt.Errorf("entry %q: id is taken: %w", e.ID, store.ErrAlreadyExists)
+			} else if !errors.Is(err, store.ErrNotFound) {
+				return err
+			}
+			dk := dupKey(e)
+			other, err := p.dup(dk)
+			if err != nil {
+				return err
+			}
+			if other != "" && p.created[other] {
+				return fmt.Errorf("entry %q equals entry %q of the batch: %w", e.ID, other, store.ErrAlreadyExists)
+			}
+			if other != "" {
+				return fmt.Errorf("entry %q equals stored entry %q: %w", e.ID, other, store.ErrAlreadyExists)
+			}
+			e.Revision = rev + 1
+			if err := putEntry(w, e, dk); err != nil {
+				return err
+			}
+			p.entries[e.ID], p.dups[string(dk)], p.created[e.ID] = &e, e.ID, true
+			if err := event(store.Event{Type: store.EventCreated, Entry: e}); err != nil {
+				return err
+			}
+			out.Create = append(out.Create, e)
 		}
 		w.set([]byte(keyRevision), encodeUint64(rev))
 		return nil
@@ -174,13 +156,40 @@ func (s *Store) DeleteEntries(ctx context.Context, ids []string) error {
 		err = s.commit(w)
 	}
 	if errors.Is(err, badger.ErrTxnTooBig) {
-		return fmt.Errorf("badgerstore: delete entries: %d entries are too many, split them: %w", len(ids), err)
+		n := len(in.Delete) + len(in.Update) + len(in.Create)
+		return store.EntryWrites{}, fmt.Errorf("badgerstore: %s: a batch of %d entries is too big, split it: %w", what, n, err)
 	}
 	if err != nil {
-		return fmt.Errorf("badgerstore: delete entries: %w", err)
+		return store.EntryWrites{}, fmt.Errorf("badgerstore: %s: %w", what, err)
 	}
 	s.rev.Store(rev)
-	return nil
+	return out, nil
+}
+
+// pending is the entry table as a write in progress sees it: the snapshot
+// txn overlaid with the batch's own changes so far.
+type pending struct {
+	txn     *badger.Txn
+	entries map[string]*store.Entry // by ID; nil: deleted by the batch
+	dups    map[string]string       // duplicate key → entry ID; "": freed by the batch
+	created map[string]bool         // IDs the batch creates
+}
+
+func (p *pending) entry(id string) (store.Entry, error) {
+	if e, ok := p.entries[id]; ok {
+		if e == nil {
+			return store.Entry{}, fmt.Errorf("entry %q: %w", id, store.ErrNotFound)
+		}
+		return *e, nil
+	}
+	return getEntry(p.txn, id)
+}
+
+func (p *pending) dup(dk []byte) (string, error) {
+	if id, ok := p.dups[string(dk)]; ok {
+		return id, nil
+	}
+	return equalEntryID(p.txn, dk)
 }
 
 // GetEntry returns the entry or store.ErrNotFound.

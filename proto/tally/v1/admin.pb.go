@@ -285,7 +285,10 @@ func (x *ListEntriesResponse) GetNextPageToken() string {
 type UpdateEntryRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The whole new entry; id names the entry to replace.
-	Entry         *Entry `protobuf:"bytes,1,opt,name=entry,proto3" json:"entry,omitempty"`
+	Entry *Entry `protobuf:"bytes,1,opt,name=entry,proto3" json:"entry,omitempty"`
+	// Edit an entry the Kubernetes registrar keeps (it keeps its owner, and the
+	// registrar rewrites it when it next reconciles its pod or resource).
+	Force         bool `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -327,9 +330,19 @@ func (x *UpdateEntryRequest) GetEntry() *Entry {
 	return nil
 }
 
+func (x *UpdateEntryRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
 type BatchDeleteEntriesRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Ids           []string               `protobuf:"bytes,1,rep,name=ids,proto3" json:"ids,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Ids   []string               `protobuf:"bytes,1,rep,name=ids,proto3" json:"ids,omitempty"`
+	// Delete entries the Kubernetes registrar keeps too (it creates them
+	// again if their pod or resource still renders them).
+	Force         bool `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -369,6 +382,13 @@ func (x *BatchDeleteEntriesRequest) GetIds() []string {
 		return x.Ids
 	}
 	return nil
+}
+
+func (x *BatchDeleteEntriesRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
 }
 
 type BatchDeleteEntriesResponse struct {
@@ -1113,11 +1133,13 @@ const file_tally_v1_admin_proto_rawDesc = "" +
 	"page_token\x18\x05 \x01(\tR\tpageToken\"h\n" +
 	"\x13ListEntriesResponse\x12)\n" +
 	"\aentries\x18\x01 \x03(\v2\x0f.tally.v1.EntryR\aentries\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\";\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"Q\n" +
 	"\x12UpdateEntryRequest\x12%\n" +
-	"\x05entry\x18\x01 \x01(\v2\x0f.tally.v1.EntryR\x05entry\"-\n" +
+	"\x05entry\x18\x01 \x01(\v2\x0f.tally.v1.EntryR\x05entry\x12\x14\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\"C\n" +
 	"\x19BatchDeleteEntriesRequest\x12\x10\n" +
-	"\x03ids\x18\x01 \x03(\tR\x03ids\"\x1c\n" +
+	"\x03ids\x18\x01 \x03(\tR\x03ids\x12\x14\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\"\x1c\n" +
 	"\x1aBatchDeleteEntriesResponse\"V\n" +
 	"\x16CreateJoinTokenRequest\x12\x1f\n" +
 	"\vttl_seconds\x18\x01 \x01(\x03R\n" +

@@ -91,7 +91,11 @@ type Entry struct {
 	// Revision of the event log at which this entry last changed. Output only.
 	Revision uint64 `protobuf:"varint,10,opt,name=revision,proto3" json:"revision,omitempty"`
 	// Unix seconds. Output only.
-	CreatedAt     int64 `protobuf:"varint,11,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	CreatedAt int64 `protobuf:"varint,11,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// Set on the entries the Kubernetes registrar keeps (rendered from a
+	// ClusterIdentity or ClusterStaticEntry). Output only: editing such an
+	// entry by hand needs force.
+	Owner         *EntryOwner `protobuf:"bytes,12,opt,name=owner,proto3" json:"owner,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -203,6 +207,92 @@ func (x *Entry) GetCreatedAt() int64 {
 	return 0
 }
 
+func (x *Entry) GetOwner() *EntryOwner {
+	if x != nil {
+		return x.Owner
+	}
+	return nil
+}
+
+// EntryOwner says which registrar keeps an entry and what it renders it from.
+type EntryOwner struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Cluster string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	// ClusterIdentity or ClusterStaticEntry, and the resource's name.
+	Kind string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	Name string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	// "namespace/name" and UID of the pod; empty for a ClusterStaticEntry.
+	Pod           string `protobuf:"bytes,4,opt,name=pod,proto3" json:"pod,omitempty"`
+	PodUid        string `protobuf:"bytes,5,opt,name=pod_uid,json=podUid,proto3" json:"pod_uid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EntryOwner) Reset() {
+	*x = EntryOwner{}
+	mi := &file_tally_v1_types_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EntryOwner) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EntryOwner) ProtoMessage() {}
+
+func (x *EntryOwner) ProtoReflect() protoreflect.Message {
+	mi := &file_tally_v1_types_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EntryOwner.ProtoReflect.Descriptor instead.
+func (*EntryOwner) Descriptor() ([]byte, []int) {
+	return file_tally_v1_types_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *EntryOwner) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *EntryOwner) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *EntryOwner) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *EntryOwner) GetPod() string {
+	if x != nil {
+		return x.Pod
+	}
+	return ""
+}
+
+func (x *EntryOwner) GetPodUid() string {
+	if x != nil {
+		return x.PodUid
+	}
+	return ""
+}
+
 // Agent is an attested node agent.
 type Agent struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
@@ -221,7 +311,7 @@ type Agent struct {
 
 func (x *Agent) Reset() {
 	*x = Agent{}
-	mi := &file_tally_v1_types_proto_msgTypes[2]
+	mi := &file_tally_v1_types_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -233,7 +323,7 @@ func (x *Agent) String() string {
 func (*Agent) ProtoMessage() {}
 
 func (x *Agent) ProtoReflect() protoreflect.Message {
-	mi := &file_tally_v1_types_proto_msgTypes[2]
+	mi := &file_tally_v1_types_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -246,7 +336,7 @@ func (x *Agent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Agent.ProtoReflect.Descriptor instead.
 func (*Agent) Descriptor() ([]byte, []int) {
-	return file_tally_v1_types_proto_rawDescGZIP(), []int{2}
+	return file_tally_v1_types_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Agent) GetSpiffeId() string {
@@ -319,7 +409,7 @@ const file_tally_v1_types_proto_rawDesc = "" +
 	"\x14tally/v1/types.proto\x12\btally.v1\"4\n" +
 	"\bSelector\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value\"\xd7\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\x83\x03\n" +
 	"\x05Entry\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x1b\n" +
@@ -333,7 +423,15 @@ const file_tally_v1_types_proto_rawDesc = "" +
 	"\brevision\x18\n" +
 	" \x01(\x04R\brevision\x12\x1d\n" +
 	"\n" +
-	"created_at\x18\v \x01(\x03R\tcreatedAt\"\xb7\x02\n" +
+	"created_at\x18\v \x01(\x03R\tcreatedAt\x12*\n" +
+	"\x05owner\x18\f \x01(\v2\x14.tally.v1.EntryOwnerR\x05owner\"y\n" +
+	"\n" +
+	"EntryOwner\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12\x10\n" +
+	"\x03pod\x18\x04 \x01(\tR\x03pod\x12\x17\n" +
+	"\apod_uid\x18\x05 \x01(\tR\x06podUid\"\xb7\x02\n" +
 	"\x05Agent\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12)\n" +
 	"\x10attestation_type\x18\x02 \x01(\tR\x0fattestationType\x12#\n" +
@@ -360,20 +458,22 @@ func file_tally_v1_types_proto_rawDescGZIP() []byte {
 	return file_tally_v1_types_proto_rawDescData
 }
 
-var file_tally_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_tally_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_tally_v1_types_proto_goTypes = []any{
-	(*Selector)(nil), // 0: tally.v1.Selector
-	(*Entry)(nil),    // 1: tally.v1.Entry
-	(*Agent)(nil),    // 2: tally.v1.Agent
+	(*Selector)(nil),   // 0: tally.v1.Selector
+	(*Entry)(nil),      // 1: tally.v1.Entry
+	(*EntryOwner)(nil), // 2: tally.v1.EntryOwner
+	(*Agent)(nil),      // 3: tally.v1.Agent
 }
 var file_tally_v1_types_proto_depIdxs = []int32{
 	0, // 0: tally.v1.Entry.selectors:type_name -> tally.v1.Selector
-	0, // 1: tally.v1.Agent.selectors:type_name -> tally.v1.Selector
-	2, // [2:2] is the sub-list for method output_type
-	2, // [2:2] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	2, // 1: tally.v1.Entry.owner:type_name -> tally.v1.EntryOwner
+	0, // 2: tally.v1.Agent.selectors:type_name -> tally.v1.Selector
+	3, // [3:3] is the sub-list for method output_type
+	3, // [3:3] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_tally_v1_types_proto_init() }
@@ -387,7 +487,7 @@ func file_tally_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tally_v1_types_proto_rawDesc), len(file_tally_v1_types_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   3,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

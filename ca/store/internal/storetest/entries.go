@@ -461,3 +461,85 @@ func testListEntriesPaging(t *testing.T, open Open) {
 		}
 	}
 }
+
+// testWriteEntries: deletions, updates and creations in one call, each step
+// seeing the earlier ones, all or none.
+func testWriteEntries(t *testing.T, open Open) {
+	a := newEntry("a", web, parent1, "k8s:ns:shop", "k8s:sa:web")
+	b := newEntry("b", db, parent1, "k8s:ns:shop", "k8s:sa:db")
+	c := newEntry("c", db, parent2, "k8s:ns:shop", "k8s:sa:db")
+	moved := b // b takes c's place: equal to c, which the same call deletes
+	moved.ParentID = parent2
+	aAgain := a // equal to a, which the same call deletes
+	aAgain.ID = "a2"
+	d := newEntry("d", web, parent2, "k8s:ns:shop", "k8s:sa:web")
+	dTwin := d
+	dTwin.ID = "d2"
+	cEqual := newEntry("e", db, parent2, "k8s:ns:shop", "k8s:sa:db")
+
+	tests := []struct {
+		name    string
+		w       store.EntryWrites
+		wantErr error
+		mention string
+		left    []string
+	}{
+		{name: "a delete frees what an update and a create take",
+			w:    store.EntryWrites{Delete: []string{"c", "a"}, Update: []store.Entry{moved}, Create: []store.Entry{aAgain, d}},
+			left: []string{"a2", "b", "d"}},
+		{name: "an update conflicting with a stored entry writes nothing",
+			w:       store.EntryWrites{Delete: []string{"a"}, Update: []store.Entry{moved}, Create: []store.Entry{d}},
+			wantErr: store.ErrAlreadyExists, mention: `"c"`, left: []string{"a", "b", "c"}},
+		{name: "a create equal to another of the call writes nothing",
+			w:       store.EntryWrites{Create: []store.Entry{d, dTwin}},
+			wantErr: store.ErrAlreadyExists, mention: `"d2"`, left: []string{"a", "b", "c"}},
+		{name: "a create equal to a stored entry writes nothing",
+			w:       store.EntryWrites{Delete: []string{"a"}, Create: []store.Entry{cEqual}},
+			wantErr: store.ErrAlreadyExists, mention: `"c"`, left: []string{"a", "b", "c"}},
+		{name: "an absent deletion writes nothing",
+			w:       store.EntryWrites{Delete: []string{"zz"}, Create: []store.Entry{d}},
+			wantErr: store.ErrNotFound, mention: `"zz"`, left: []string{"a", "b", "c"}},
+		{name: "an update of a deleted entry writes nothing",
+			w:       store.EntryWrites{Delete: []string{"b"}, Update: []store.Entry{moved}},
+			wantErr: store.ErrNotFound, mention: `"b"`, left: []string{"a", "b", "c"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := t.Context()
+			s := open(t)
+			mustCreate(t, s, a, b, c)
+			rev := revision(t, s)
+
+			out, err := s.WriteEntries(ctx, tc.w)
+
+			all, lerr := s.ListEntries(ctx, store.EntryFilter{})
+			require.NoError(t, lerr)
+			require.Equal(t, tc.left, ids(all))
+			if tc.wantErr != nil {
+				require.ErrorIs(t, err, tc.wantErr)
+				require.ErrorContains(t, err, tc.mention)
+				require.Equal(t, rev, revision(t, s))
+				return
+			}
+			require.NoError(t, err)
+			n := len(tc.w.Delete) + len(tc.w.Update) + len(tc.w.Create)
+			require.Equal(t, rev+uint64(n), revision(t, s))
+			evs := events(t, s, rev)
+			require.Len(t, evs, n)
+			var types []store.EventType
+			for i, ev := range evs {
+				require.Equal(t, rev+uint64(i)+1, ev.Revision)
+				types = append(types, ev.Type)
+			}
+			want := slices.Repeat([]store.EventType{store.EventDeleted}, len(tc.w.Delete))
+			want = append(want, slices.Repeat([]store.EventType{store.EventUpdated}, len(tc.w.Update))...)
+			want = append(want, slices.Repeat([]store.EventType{store.EventCreated}, len(tc.w.Create))...)
+			require.Equal(t, want, types)
+			for _, e := range append(out.Update, out.Create...) {
+				got, err := s.GetEntry(ctx, e.ID)
+				require.NoError(t, err)
+				requireEntries(t, []store.Entry{e}, []store.Entry{got})
+			}
+		})
+	}
+}

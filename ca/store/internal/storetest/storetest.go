@@ -27,6 +27,7 @@ func Run(t *testing.T, open Open) {
 		{"CreateEntriesLargeBatch", testCreateEntriesLargeBatch},
 		{"UpdateEntry", testUpdateEntry},
 		{"DeleteEntries", testDeleteEntries},
+		{"WriteEntries", testWriteEntries},
 		{"GetEntry", testGetEntry},
 		{"ListEntries", testListEntries},
 		{"ListEntriesPaging", testListEntriesPaging},
