@@ -4,7 +4,7 @@ BIN      := $(CURDIR)/bin
 GOFLAGS  ?= -buildvcs=false
 export GOFLAGS
 
-.PHONY: all build test bench run demo-todos proto vet clean spire k8s images helm
+.PHONY: all build test bench run demo-todos proto vet clean spire k8s node images helm
 
 all: build
 
@@ -23,13 +23,16 @@ spire: ## SPIRE v1.13.3 from the Go module proxy, cached in .cache/spire (its CL
 k8s: ## kube-apiserver v1.37.2 and etcd from the Go module proxy, cached in .cache/k8s (tests run a real control plane)
 	./scripts/k8s/build.sh
 
+node: ## kubelet, kube-scheduler and kube-controller-manager v1.37.2 from the Go module proxy, cached in .cache/node (tests run a real node with containerd)
+	./scripts/node/build.sh
+
 helm: ## helm v3.22.0 from the Go module proxy, cached in .cache/helm (tests lint and render deploy/helm/tally)
 	./scripts/helm/build.sh
 
 stepca: ## step-ca v0.30.2 from the Go module proxy, cached in .cache/step-ca (tests use it as an upstream CA)
 	./scripts/stepca/build.sh
 
-test: build spire k8s stepca helm ## every test (real badger, real gRPC over real sockets, real processes)
+test: build spire k8s node stepca helm ## every test (real badger, real gRPC over real sockets, real processes)
 	$(GO) vet ./...
 	TALLY_BIN=$(BIN) $(GO) test -count=1 -timeout 20m ./...
 

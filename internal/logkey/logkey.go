@@ -60,4 +60,12 @@ const (
 	Authn       = "authn"
 	Rule        = "rule"
 	Result      = "result"
+
+	// Cluster, Key, Lease and Count describe the Kubernetes registrar: its
+	// cluster name, a queue key (pod/<uid>, static/<name>), its Lease, and
+	// how many entries.
+	Cluster = "cluster"
+	Key     = "key"
+	Lease   = "lease"
+	Count   = "count"
 )

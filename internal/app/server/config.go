@@ -17,6 +17,8 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/tallyid/tally/attest/k8spsat"
+	"k8s.io/apimachinery/pkg/util/validation"
+
 	"github.com/tallyid/tally/ca"
 	"github.com/tallyid/tally/ca/exchange"
 	"github.com/tallyid/tally/internal/config"
@@ -95,6 +97,17 @@ type Config struct {
 	// minutes); the apiserver's priority and fairness still applies.
 	PSATKubeQPS   float32 `yaml:"psat_kube_qps"`
 	PSATKubeBurst int     `yaml:"psat_kube_burst"`
+	// Registrar turns on the Kubernetes registrar (docs/kubernetes.md): it
+	// keeps the entries of psat_cluster's pods equal to what its
+	// ClusterIdentity and ClusterStaticEntry resources render, through the
+	// psat_kubeconfig client. Requires psat_cluster.
+	Registrar bool `yaml:"registrar"`
+	// RegistrarLeaseNamespace, when set, elects one registrar among the
+	// server's replicas through the Lease RegistrarLeaseName (default
+	// tally-registrar) in that namespace; this replica's name in it is
+	// its host name (the pod name).
+	RegistrarLeaseNamespace string `yaml:"registrar_lease_namespace"`
+	RegistrarLeaseName      string `yaml:"registrar_lease_name"`
 	// Exchange is the token-exchange policy (docs/delegation.md): trusted
 	// OIDC issuers and the rules of who may exchange for what. Without
 	// rules every exchange is refused.
@@ -138,19 +151,20 @@ func (c Config) withDefaults() Config {
 // DefaultConfig returns the documented defaults.
 func DefaultConfig() Config {
 	return Config{
-		DataDir:       "./tally-data",
-		BindAddress:   "127.0.0.1:8081",
-		HTTPAddress:   "127.0.0.1:8443",
-		HealthAddress: "127.0.0.1:8080",
-		WebAddress:    "127.0.0.1:8444",
-		WebDNSNames:   []string{"localhost"},
-		AdminSocket:   tallyv1.DefaultAdminSocket,
-		CATTL:         ca.DefaultCATTL,
-		PSATAudience:  k8spsat.DefaultAudience,
-		PSATKubeQPS:   k8spsat.DefaultQPS,
-		PSATKubeBurst: k8spsat.DefaultBurst,
-		LogLevel:      "info",
-		LogFormat:     "json",
+		DataDir:            "./tally-data",
+		BindAddress:        "127.0.0.1:8081",
+		HTTPAddress:        "127.0.0.1:8443",
+		HealthAddress:      "127.0.0.1:8080",
+		WebAddress:         "127.0.0.1:8444",
+		WebDNSNames:        []string{"localhost"},
+		AdminSocket:        tallyv1.DefaultAdminSocket,
+		CATTL:              ca.DefaultCATTL,
+		PSATAudience:       k8spsat.DefaultAudience,
+		PSATKubeQPS:        k8spsat.DefaultQPS,
+		PSATKubeBurst:      k8spsat.DefaultBurst,
+		RegistrarLeaseName: "tally-registrar",
+		LogLevel:           "info",
+		LogFormat:          "json",
 	}
 }
 
@@ -177,6 +191,9 @@ func BindFlags(fs *pflag.FlagSet, c *Config) {
 	fs.StringVar(&c.UpstreamStepCAFingerprint, "upstream-step-ca-fingerprint", c.UpstreamStepCAFingerprint, "hex SHA-256 of the upstream step-ca's root certificate")
 	fs.StringVar(&c.UpstreamStepCAProvisioner, "upstream-step-ca-provisioner", c.UpstreamStepCAProvisioner, "the upstream step-ca's JWK provisioner")
 	fs.StringVar(&c.UpstreamStepCAPasswordFile, "upstream-step-ca-password-file", c.UpstreamStepCAPasswordFile, "file with the password of the provisioner's key")
+	fs.BoolVar(&c.Registrar, "registrar", c.Registrar, "keep the entries of psat-cluster's pods from its ClusterIdentity and ClusterStaticEntry resources")
+	fs.StringVar(&c.RegistrarLeaseNamespace, "registrar-lease-namespace", c.RegistrarLeaseNamespace, "elect one registrar among replicas through a Lease in this namespace")
+	fs.StringVar(&c.RegistrarLeaseName, "registrar-lease-name", c.RegistrarLeaseName, "name of the registrar's Lease")
 	fs.StringSliceVar(&c.AdminIDs, "admin-id", c.AdminIDs, "SPIFFE ID allowed to call the Admin API over mTLS (repeatable)")
 	fs.StringVar(&c.PSATCluster, "psat-cluster", c.PSATCluster, "enable k8s_psat agent attestation for this cluster name")
 	fs.StringVar(&c.PSATKubeconfig, "psat-kubeconfig", c.PSATKubeconfig, "kubeconfig for TokenReview (default: in-cluster)")
@@ -262,6 +279,17 @@ func (c Config) Validate() error {
 	}
 	if c.PSATKubeBurst < 1 {
 		return fmt.Errorf("config: psat_kube_burst must be at least 1, got %d", c.PSATKubeBurst)
+	}
+	if c.Registrar && c.PSATCluster == "" {
+		return errors.New("config: registrar needs psat_cluster: its entries' parents are the k8s_psat agents of that cluster's nodes")
+	}
+	if c.RegistrarLeaseNamespace != "" {
+		if errs := validation.IsDNS1123Label(c.RegistrarLeaseNamespace); len(errs) > 0 {
+			return fmt.Errorf("config: registrar_lease_namespace %q: %s", c.RegistrarLeaseNamespace, strings.Join(errs, "; "))
+		}
+		if errs := validation.IsDNS1123Subdomain(c.RegistrarLeaseName); len(errs) > 0 {
+			return fmt.Errorf("config: registrar_lease_name %q: %s", c.RegistrarLeaseName, strings.Join(errs, "; "))
+		}
 	}
 	if err := c.Exchange.Validate(spiffeid.RequireTrustDomainFromString(c.TrustDomain)); err != nil {
 		return fmt.Errorf("config: %w", err)

@@ -3,11 +3,16 @@ package serverapp
 import (
 	"fmt"
 	"log/slog"
+	"os"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/tallyid/tally/attest/k8spsat"
 	"github.com/tallyid/tally/internal/kube"
+	"github.com/tallyid/tally/registrar"
 )
 
 // psatAttestor builds the k8s_psat attestor from the config, talking to
@@ -32,4 +37,33 @@ func psatAttestor(cfg Config, td spiffeid.TrustDomain, log *slog.Logger) (*k8sps
 		Cluster:         cluster,
 		Logger:          log,
 	})
+}
+
+// newRegistrar builds the Kubernetes registrar for the psat cluster, with
+// clients of its own (informers hold a watch each) at the psat rate limit.
+func newRegistrar(cfg Config, td spiffeid.TrustDomain, entries registrar.Entries, metrics prometheus.Registerer, log *slog.Logger) (*registrar.Registrar, error) {
+	rc, err := kube.Config(cfg.PSATKubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("server: registrar: kubernetes client config: %w", err)
+	}
+	rc.QPS, rc.Burst = cfg.PSATKubeQPS, cfg.PSATKubeBurst
+	rc.UserAgent = "tally-server/registrar"
+	kc, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("server: registrar: %w", err)
+	}
+	dc, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("server: registrar: %w", err)
+	}
+	var le *registrar.LeaderElection
+	if cfg.RegistrarLeaseNamespace != "" {
+		host, err := os.Hostname()
+		if err != nil {
+			return nil, fmt.Errorf("server: registrar: lease identity: %w", err)
+		}
+		le = &registrar.LeaderElection{Namespace: cfg.RegistrarLeaseNamespace, Name: cfg.RegistrarLeaseName, Identity: host}
+	}
+	return registrar.New(registrar.Config{TrustDomain: td, Cluster: cfg.PSATCluster, Kube: kc, Dynamic: dc, Entries: entries,
+		LeaderElection: le, Metrics: metrics, Clock: cfg.Clock, Logger: log})
 }

@@ -41,6 +41,7 @@ import (
 	"github.com/tallyid/tally/internal/reserved"
 	"github.com/tallyid/tally/internal/unixsock"
 	tallyv1 "github.com/tallyid/tally/proto/tally/v1"
+	"github.com/tallyid/tally/registrar"
 )
 
 // Server is a running Tally server.
@@ -70,6 +71,7 @@ type components struct {
 	node      *api.Node
 	admin     *api.Admin
 	exchange  *exchange.Service
+	registrar *registrar.Registrar // nil unless the config turns it on
 	metrics   *prometheus.Registry
 	records   *records.Recorder
 	fleet     *fleet.Fleet
@@ -181,6 +183,13 @@ func (s *Server) buildAPIs(c *components) error {
 			return err
 		}
 		attestors[k8spsat.Type] = psat
+	}
+	if cfg.Registrar {
+		r, err := newRegistrar(cfg, s.td, c.registry, c.metrics, s.log)
+		if err != nil {
+			return err
+		}
+		c.registrar = r
 	}
 	var err error
 	c.exchange, err = exchange.New(exchange.Config{
@@ -324,6 +333,9 @@ func (s *Server) serve(ctx context.Context, c *components) error {
 	g.Go(func() error { return c.dashboard.Run(ctx) })
 	g.Go(func() error { return c.fleet.Run(ctx) })
 	g.Go(func() error { return c.rotations.Run(ctx) })
+	if c.registrar != nil {
+		g.Go(func() error { return c.registrar.Run(ctx) })
+	}
 	s.ready.Store(true)
 	s.log.Info("tally server ready", logkey.TrustDomain, s.td.Name(), "bind_address", c.nodeLis.lis.Addr().String(),
 		"http_address", c.httpsLis.Addr().String(), "health_address", c.healthLn.Addr().String(), "admin_socket", s.cfg.AdminSocket,

@@ -52,6 +52,9 @@ type Cluster struct {
 	// CAFile is the PEM file of the CA that signed the apiserver's serving certificate (and the
 	// admin client certificate). It lives until the cluster stops.
 	CAFile string
+	// CAKeyFile is the PEM (PKCS#8) key of that CA, for tests that sign certificates the
+	// apiserver trusts (a real kubelet's, test/internal/node).
+	CAKeyFile string
 	// AdminToken is a static bearer token of the same admin user (--token-auth-file).
 	AdminToken string
 	// Kubeconfig is a kubeconfig file (admin bearer token) for processes a test starts.
@@ -61,12 +64,32 @@ type Cluster struct {
 	// SAKey is the RSA private key that signs service-account tokens, for tests that need to
 	// forge a token (for example an expired one) the apiserver would itself accept.
 	SAKey *rsa.PrivateKey
+	// SAKeyFile is SAKey as a PEM file (a kube-controller-manager's
+	// --service-account-private-key-file).
+	SAKeyFile string
+	// Kubelet reports whether the cluster was started with Options.Kubelet.
+	Kubelet bool
 	// EtcdURL is etcd's client URL (plain http on 127.0.0.1).
 	EtcdURL string
 	// Dir is the run directory (PKI, etcd data, logs); removed when the test ends.
 	Dir string
 
 	etcd, apiserver *proc
+	startAPIServer  func() error // same flags and port each time
+	restartMu       sync.Mutex
+}
+
+// RestartAPIServer stops kube-apiserver and starts it again on the same
+// port with the same flags (etcd keeps the state), returning once it is
+// ready: what an API server upgrade or crash looks like to its clients.
+func (c *Cluster) RestartAPIServer(t testing.TB) {
+	t.Helper()
+	c.restartMu.Lock()
+	defer c.restartMu.Unlock()
+	c.apiserver.stop(10 * time.Second)
+	if err := c.startAPIServer(); err != nil {
+		t.Fatalf("k8s: restart kube-apiserver: %v", err)
+	}
 }
 
 // Options adjusts a cluster started with StartWith. The zero value is what Start uses.
@@ -75,6 +98,13 @@ type Options struct {
 	SAIssuer string
 	// ExtraAPIServerFlags are appended to kube-apiserver's command line.
 	ExtraAPIServerFlags []string
+	// Kubelet readies the apiserver for a real kubelet (test/internal/node): the Node
+	// authorizer (beside RBAC) and NodeRestriction admission for the kubelet's identity
+	// system:node:NAME, and the apiserver's calls to the kubelet (logs, exec) made with the
+	// admin client certificate to the node's Hostname address, verifying the kubelet's
+	// serving certificate against the cluster CA. These flags name files of the cluster's
+	// PKI, which exists only once the cluster starts, so they cannot be ExtraAPIServerFlags.
+	Kubelet bool
 }
 
 // Start runs a fresh control plane for t: PKI generated in Go, etcd and kube-apiserver on free
@@ -134,6 +164,9 @@ func launch(bin, dir string, opts Options, logf func(string, ...any)) (*Cluster,
 // namespace each (Namespace) and naming cluster-scoped objects (nodes)
 // after it. The zero value is ready; safe for concurrent use.
 type Shared struct {
+	// Options are the cluster's options (e.g. Kubelet for test/internal/node).
+	Options Options
+
 	once sync.Once
 	c    *Cluster
 	dir  string
@@ -149,7 +182,7 @@ func (s *Shared) Get(t testing.TB) *Cluster {
 		if s.dir, s.err = os.MkdirTemp("", "tally-k8s-"); s.err != nil {
 			return
 		}
-		s.c, s.err = launch(bin, s.dir, Options{}, t.Logf)
+		s.c, s.err = launch(bin, s.dir, s.Options, t.Logf)
 	})
 	if s.err != nil {
 		t.Fatalf("k8s: shared cluster: %v", s.err)
@@ -184,6 +217,9 @@ func start(bin, dir string, attempt int, p *pki, opts Options) (*Cluster, error)
 		AdminToken: p.adminToken,
 		SAIssuer:   opts.SAIssuer,
 		SAKey:      p.saKey,
+		SAKeyFile:  p.saKeyFile,
+		CAKeyFile:  p.caKeyFile,
+		Kubelet:    opts.Kubelet,
 		EtcdURL:    etcdURL,
 		Dir:        dir,
 	}
@@ -224,20 +260,34 @@ func start(bin, dir string, attempt int, p *pki, opts Options) (*Cluster, error)
 		"--allow-privileged=true",
 		"--profiling=false",
 	}
-	args = append(args, opts.ExtraAPIServerFlags...)
-	c.apiserver, err = startProc("kube-apiserver", filepath.Join(dir, "apiserver-"+suffix+".log"),
-		filepath.Join(bin, "kube-apiserver"), args)
-	if err != nil {
-		c.stop()
-		return nil, err
+	if opts.Kubelet {
+		args = append(args,
+			"--authorization-mode=Node", // accumulates onto RBAC above ("Node,RBAC" is refused as a repeat)
+			"--enable-admission-plugins=NodeRestriction",
+			// the kubelet refuses a loopback node IP, so its InternalIP is one it does not listen on;
+			// its name (e.g. localhost) resolves to 127.0.0.1
+			"--kubelet-preferred-address-types=Hostname,InternalIP",
+			"--kubelet-client-certificate="+p.adminCert, "--kubelet-client-key="+p.adminKey,
+			"--kubelet-certificate-authority="+p.caFile,
+		)
 	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM([]byte(p.caPEM))
-	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
-	defer hc.CloseIdleConnections()
-	if err := waitFor(c.apiserver, readyTimeout, func() bool {
-		return httpGet(hc, c.URL+"/readyz", p.adminToken, "ok")
-	}); err != nil {
+	args = append(args, opts.ExtraAPIServerFlags...)
+	c.startAPIServer = func() error {
+		var err error
+		c.apiserver, err = startProc("kube-apiserver", filepath.Join(dir, "apiserver-"+suffix+".log"),
+			filepath.Join(bin, "kube-apiserver"), args)
+		if err != nil {
+			return err
+		}
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM([]byte(p.caPEM))
+		hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+		defer hc.CloseIdleConnections()
+		return waitFor(c.apiserver, readyTimeout, func() bool {
+			return httpGet(hc, c.URL+"/readyz", p.adminToken, "ok")
+		})
+	}
+	if err := c.startAPIServer(); err != nil {
 		c.stop()
 		return nil, err
 	}

@@ -23,6 +23,7 @@ type pki struct {
 	dir string
 
 	caFile, caPEM         string
+	caKeyFile             string
 	servingCert, servingK string
 	adminCert, adminKey   string
 	adminCertPEM          []byte
@@ -69,6 +70,15 @@ func newPKI(dir string) (*pki, error) {
 	p.caPEM = string(pemBytes("CERTIFICATE", caDER))
 	if err := os.WriteFile(p.caFile, []byte(p.caPEM), 0o600); err != nil {
 		return nil, fmt.Errorf("k8s: write ca: %w", err)
+	}
+	// the CA key, for a real kubelet's certificates and the controller-manager's CSR signer
+	caKeyDER, err := x509.MarshalPKCS8PrivateKey(caKey)
+	if err != nil {
+		return nil, fmt.Errorf("k8s: ca key: %w", err)
+	}
+	p.caKeyFile = filepath.Join(dir, "ca.key")
+	if err := os.WriteFile(p.caKeyFile, pemBytes("PRIVATE KEY", caKeyDER), 0o600); err != nil {
+		return nil, fmt.Errorf("k8s: write ca key: %w", err)
 	}
 
 	leaf := func(name string, tmpl *x509.Certificate) (certFile, keyFile string, certPEM, keyPEM []byte, err error) {
