@@ -2,6 +2,8 @@ package exchange
 
 import (
 	"context"
+	"sync"
+	"sync/atomic"
 	"crypto/rand"
 	"errors"
 	"log/slog"
@@ -51,11 +53,24 @@ type Config struct {
 type Service struct {
 	cfg     Config
 	tdID    string
-	issuers map[string]*issuer
-	ttl     time.Duration
+	timeout time.Duration
 	audit   *slog.Logger
 	total   *prometheus.CounterVec
 	latency prometheus.Histogram
+
+	// active is the policy in force: the configured one, plus the extra
+	// ones SetExtra gives. An exchange reads it once.
+	active atomic.Pointer[active]
+
+	mu    sync.Mutex         // serialises SetExtra
+	known map[string]*issuer // by issuerKey: kept across policy changes with their caches
+}
+
+// active is a policy ready to decide: its issuers and token lifetime.
+type active struct {
+	policy  Policy
+	issuers map[string]*issuer // by URL
+	ttl     time.Duration
 }
 
 // New returns a Service for a policy that passed Validate.
@@ -79,8 +94,8 @@ func New(cfg Config) (*Service, error) {
 	s := &Service{
 		cfg:     cfg,
 		tdID:    cfg.TrustDomain.ID().String(),
-		issuers: map[string]*issuer{},
-		ttl:     MaxTokenTTL,
+		timeout: timeout,
+		known:   map[string]*issuer{},
 		audit:   cfg.Logger.With("log", "audit"),
 		total: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tally_server_token_exchanges_total",
@@ -92,15 +107,7 @@ func New(cfg Config) (*Service, error) {
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}),
 	}
-	if cfg.Policy.TokenTTL > 0 {
-		s.ttl = cfg.Policy.TokenTTL
-	}
-	if cfg.MaxTTL > 0 && cfg.MaxTTL < s.ttl {
-		s.ttl = cfg.MaxTTL
-	}
-	for _, is := range cfg.Policy.Issuers {
-		s.issuers[is.URL] = newIssuer(is, timeout, cfg.HTTPClient, cfg.Clock)
-	}
+	s.active.Store(s.compile(cfg.Policy))
 	if cfg.Metrics != nil {
 		if err := errors.Join(cfg.Metrics.Register(s.total), cfg.Metrics.Register(s.latency)); err != nil {
 			return nil, err
@@ -191,12 +198,13 @@ func (s *Service) exchange(ctx context.Context, c Caller, r Request, o *outcome)
 		return Response{}, err
 	}
 	o.audience = audience
-	rule, err := s.cfg.Policy.decide(c.ID, audience)
+	a := s.active.Load()
+	rule, err := a.policy.decide(c.ID, audience)
 	if err != nil {
 		return Response{}, err
 	}
 	o.rule = rule.Name
-	sub, err := s.verifySubject(ctx, c, r, o.typ)
+	sub, err := s.verifySubject(ctx, a, c, r, o.typ)
 	if err != nil {
 		return Response{}, err
 	}
@@ -205,7 +213,7 @@ func (s *Service) exchange(ctx context.Context, c Caller, r Request, o *outcome)
 		return Response{}, err
 	}
 	now := s.cfg.Clock.Now()
-	ttl := min(s.ttl, sub.expiry.Sub(now))
+	ttl := min(a.ttl, sub.expiry.Sub(now))
 	if ttl < time.Second {
 		return Response{}, refuse(CodeInvalidGrant, "subject token expires in less than a second")
 	}

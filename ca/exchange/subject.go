@@ -35,7 +35,7 @@ var signedAlgs = []jose.SignatureAlgorithm{jose.ES256, jose.RS256}
 
 // verifySubject verifies r's subject token for caller: a Tally token issued
 // to the caller, or a user's token from a configured issuer.
-func (s *Service) verifySubject(ctx context.Context, c Caller, r Request, requested string) (*subject, error) {
+func (s *Service) verifySubject(ctx context.Context, a *active, c Caller, r Request, requested string) (*subject, error) {
 	h, claims, err := peek(r.SubjectToken)
 	if err != nil {
 		return nil, err
@@ -44,7 +44,7 @@ func (s *Service) verifySubject(ctx context.Context, c Caller, r Request, reques
 	if iss == s.cfg.Issuer {
 		return s.verifyTally(r, requested, h, c)
 	}
-	is, ok := s.issuers[iss]
+	is, ok := a.issuers[iss]
 	if !ok {
 		return nil, refuse(CodeInvalidGrant, "subject token issuer %q is not trusted", text.Printable(iss))
 	}

@@ -97,7 +97,7 @@ func applyCRDs(t *testing.T, dyn dynamic.Interface) {
 			require.NoError(t, err, f)
 		}
 	}
-	for _, gvr := range []schema.GroupVersionResource{identities, statics} {
+	for _, gvr := range []schema.GroupVersionResource{identities, statics, policies} {
 		require.NoError(t, wait.PollUntilContextTimeout(t.Context(), 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
 			_, err := dyn.Resource(gvr).List(ctx, metav1.ListOptions{Limit: 1})
 			return err == nil, nil
@@ -166,7 +166,7 @@ func (e *env) identity(name string, spec map[string]any) {
 
 func (e *env) apply(gvr schema.GroupVersionResource, name string, spec map[string]any) {
 	e.t.Helper()
-	kind := map[string]string{"clusteridentities": "ClusterIdentity", "clusterstaticentries": "ClusterStaticEntry"}[gvr.Resource]
+	kind := map[string]string{"clusteridentities": "ClusterIdentity", "clusterstaticentries": "ClusterStaticEntry", "delegationpolicies": "DelegationPolicy"}[gvr.Resource]
 	u := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": "tally.dev/v1alpha1", "kind": kind,
 		"metadata": map[string]any{"name": name}, "spec": spec,

@@ -39,23 +39,28 @@ func psatAttestor(cfg Config, td spiffeid.TrustDomain, log *slog.Logger) (*k8sps
 	})
 }
 
-// newRegistrar builds the Kubernetes registrar for the psat cluster, with
-// clients of its own (informers hold a watch each) at the psat rate limit.
-func newRegistrar(cfg Config, td spiffeid.TrustDomain, entries registrar.Entries, metrics prometheus.Registerer, log *slog.Logger) (*registrar.Registrar, error) {
+// kubeClients are the registrar's clients of the psat cluster: its own
+// (informers hold a watch each), at the psat rate limit.
+func kubeClients(cfg Config) (kubernetes.Interface, dynamic.Interface, error) {
 	rc, err := kube.Config(cfg.PSATKubeconfig)
 	if err != nil {
-		return nil, fmt.Errorf("server: registrar: kubernetes client config: %w", err)
+		return nil, nil, fmt.Errorf("server: registrar: kubernetes client config: %w", err)
 	}
 	rc.QPS, rc.Burst = cfg.PSATKubeQPS, cfg.PSATKubeBurst
 	rc.UserAgent = "tally-server/registrar"
 	kc, err := kubernetes.NewForConfig(rc)
 	if err != nil {
-		return nil, fmt.Errorf("server: registrar: %w", err)
+		return nil, nil, fmt.Errorf("server: registrar: %w", err)
 	}
 	dc, err := dynamic.NewForConfig(rc)
 	if err != nil {
-		return nil, fmt.Errorf("server: registrar: %w", err)
+		return nil, nil, fmt.Errorf("server: registrar: %w", err)
 	}
+	return kc, dc, nil
+}
+
+// newRegistrar builds the Kubernetes registrar for the psat cluster.
+func newRegistrar(cfg Config, td spiffeid.TrustDomain, kc kubernetes.Interface, dc dynamic.Interface, entries registrar.Entries, metrics prometheus.Registerer, log *slog.Logger) (*registrar.Registrar, error) {
 	var le *registrar.LeaderElection
 	if cfg.RegistrarLeaseNamespace != "" {
 		host, err := os.Hostname()

@@ -71,7 +71,8 @@ type components struct {
 	node      *api.Node
 	admin     *api.Admin
 	exchange  *exchange.Service
-	registrar *registrar.Registrar // nil unless the config turns it on
+	registrar *registrar.Registrar // nil unless the config turns it on; so is policies
+	policies  *registrar.PolicyWatcher
 	metrics   *prometheus.Registry
 	records   *records.Recorder
 	fleet     *fleet.Fleet
@@ -184,13 +185,6 @@ func (s *Server) buildAPIs(c *components) error {
 		}
 		attestors[k8spsat.Type] = psat
 	}
-	if cfg.Registrar {
-		r, err := newRegistrar(cfg, s.td, c.registry, c.metrics, s.log)
-		if err != nil {
-			return err
-		}
-		c.registrar = r
-	}
 	var err error
 	c.exchange, err = exchange.New(exchange.Config{
 		TrustDomain: s.td,
@@ -204,6 +198,19 @@ func (s *Server) buildAPIs(c *components) error {
 	})
 	if err != nil {
 		return err
+	}
+	if cfg.Registrar {
+		kc, dc, err := kubeClients(cfg)
+		if err != nil {
+			return err
+		}
+		if c.registrar, err = newRegistrar(cfg, s.td, kc, dc, c.registry, c.metrics, s.log); err != nil {
+			return err
+		}
+		c.policies, err = registrar.NewPolicyWatcher(registrar.PolicyConfig{Kube: kc, Dynamic: dc, Sink: c.exchange, Logger: s.log})
+		if err != nil {
+			return err
+		}
 	}
 	metrics := api.NewMetrics(c.metrics)
 	c.node = api.NewNode(api.NodeConfig{
@@ -335,6 +342,7 @@ func (s *Server) serve(ctx context.Context, c *components) error {
 	g.Go(func() error { return c.rotations.Run(ctx) })
 	if c.registrar != nil {
 		g.Go(func() error { return c.registrar.Run(ctx) })
+		g.Go(func() error { return c.policies.Run(ctx) })
 	}
 	s.ready.Store(true)
 	s.log.Info("tally server ready", logkey.TrustDomain, s.td.Name(), "bind_address", c.nodeLis.lis.Addr().String(),
