@@ -8,6 +8,7 @@ import (
 	"maps"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/tallyid/tally/attest"
+	"github.com/tallyid/tally/attest/k8s"
 	"github.com/tallyid/tally/internal/logkey"
 	tallyv1 "github.com/tallyid/tally/proto/tally/v1"
 	"github.com/tallyid/tally/workloadapi"
@@ -184,10 +186,13 @@ func (c *Cache) Apply(u syncUpdate) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	changed := c.entries.apply(u)
-	for id := range changed {
+	for id, e := range changed {
 		c.svids.drop(id)
 		c.sched.forget(id)
 		delete(c.lastErr, id)
+		if e != nil && forOnePod(e) {
+			c.ensureLocked(id)
+		}
 	}
 	if len(changed) > 0 {
 		c.changedLocked()
@@ -335,6 +340,18 @@ func (c *Cache) releaseLocked(id string) {
 	if c.svids.release(id) {
 		c.sched.cancel(id)
 	}
+}
+
+// forOnePod reports whether e selects the containers of one pod (a
+// k8s:pod-uid selector, as the registrar's entries have). Such an entry is
+// minted as soon as it arrives, not when its workload first asks: the
+// registrar writes it when the pod is scheduled, so the SVID is ready
+// before the container starts. Unused, it is dropped at its renewal like
+// any other.
+func forOnePod(e *entry) bool {
+	return slices.ContainsFunc(e.Selectors, func(s attest.Selector) bool {
+		return s.Type == k8s.Type && strings.HasPrefix(s.Value, "pod-uid:")
+	})
 }
 
 // ensureLocked asks for a mint if the entry has no SVID before its renewal.

@@ -423,3 +423,21 @@ func TestCacheJWTConcurrentFlood(t *testing.T) {
 	require.EqualValues(t, burst, m.jwts.Load())
 	require.Equal(t, size, c.jwts.len())
 }
+
+// An entry for one pod (a k8s:pod-uid selector, as the registrar writes
+// when the pod is scheduled) is minted when it arrives, before its
+// container asks; the first fetch then needs no mint.
+func TestCachePreMintsPodEntries(t *testing.T) {
+	c, m, clk := startCache(t, 10)
+	pod := &entry{ID: "p", SPIFFEID: spiffeid.RequireFromString("spiffe://example.org/ns/shop/sa/web"), Revision: 1,
+		Selectors: []attest.Selector{{Type: "k8s", Value: "ns:shop"}, {Type: "k8s", Value: "pod-uid:u1"}}}
+	c.Apply(syncUpdate{Reset: true, Bundle: m.bundle(), Upserts: []*entry{pod, testEntry("a", "spiffe://example.org/a", 1, "uid:1")}})
+	waitIdle(t, c, clk)
+	require.EqualValues(t, 1, m.x509s.Load(), "the pod's entry only")
+
+	sub, err := c.SubscribeX509(context.Background(), []attest.Selector{{Type: "k8s", Value: "ns:shop"}, {Type: "k8s", Value: "pod-uid:u1"}})
+	require.NoError(t, err)
+	defer sub.Close()
+	require.Equal(t, []string{"spiffe://example.org/ns/shop/sa/web"}, ids(next(t, sub)))
+	require.EqualValues(t, 1, m.x509s.Load(), "served what was minted ahead")
+}
