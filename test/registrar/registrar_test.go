@@ -119,21 +119,11 @@ func (c *countingEntries) WriteEntries(ctx context.Context, w store.EntryWrites)
 // start runs a registrar for cluster until the test ends.
 func (e *env) start(cluster string, le *registrar.LeaderElection) *prometheus.Registry {
 	e.t.Helper()
-	metrics := prometheus.NewRegistry()
-	r, err := registrar.New(registrar.Config{TrustDomain: td, Cluster: cluster, Kube: e.c.Client, Dynamic: e.dyn,
-		Entries: e.entries, LeaderElection: le, StatusInterval: 100 * time.Millisecond, Metrics: metrics})
-	require.NoError(e.t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	e.t.Cleanup(func() {
-		cancel()
-		require.NoError(e.t, <-done)
-	})
+	metrics, _ := e.stoppable(cluster, le)
 	return metrics
 }
 
-// stoppable is start with a stop function.
+// stoppable is start with a function that stops the registrar earlier.
 func (e *env) stoppable(cluster string, le *registrar.LeaderElection) (*prometheus.Registry, func()) {
 	e.t.Helper()
 	metrics := prometheus.NewRegistry()

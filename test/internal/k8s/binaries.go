@@ -1,24 +1,21 @@
 package k8s
 
 import (
-	"bufio"
 	"bytes"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/tallyid/tally/test/internal/repo"
 )
 
 // BinDirEnv names an environment variable that, when set, overrides the directory the build
 // script installs into (default <repo>/.cache/k8s).
 const BinDirEnv = "TALLY_K8S_BIN_DIR"
-
-const modulePath = "github.com/tallyid/tally"
 
 var build struct {
 	once sync.Once
@@ -43,7 +40,7 @@ func Binaries(t testing.TB) string {
 }
 
 func runBuild() (string, error) {
-	root, err := repoRoot()
+	root, err := repo.Root()
 	if err != nil {
 		return "", err
 	}
@@ -56,7 +53,7 @@ func runBuild() (string, error) {
 	cmd.Dir = root
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("%s: %w\n%s", strings.Join(args, " "), err, tail(stderr.String(), 40))
+		return "", fmt.Errorf("%s: %w\n%s", strings.Join(args, " "), err, repo.Tail(stderr.String(), 40))
 	}
 	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
 	dir := lines[len(lines)-1]
@@ -66,51 +63,4 @@ func runBuild() (string, error) {
 		}
 	}
 	return dir, nil
-}
-
-// repoRoot finds the directory of Tally's go.mod, walking up from the working directory (go
-// test runs in the package directory) and falling back to this source file's location.
-func repoRoot() (string, error) {
-	var starts []string
-	if wd, err := os.Getwd(); err == nil {
-		starts = append(starts, wd)
-	}
-	if _, file, _, ok := runtime.Caller(0); ok {
-		starts = append(starts, filepath.Dir(file))
-	}
-	for _, dir := range starts {
-		for d := dir; ; d = filepath.Dir(d) {
-			if isTallyModule(filepath.Join(d, "go.mod")) {
-				return d, nil
-			}
-			if filepath.Dir(d) == d {
-				break
-			}
-		}
-	}
-	return "", errors.New("cannot find the go.mod of " + modulePath)
-}
-
-func isTallyModule(gomod string) bool {
-	f, err := os.Open(gomod)
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		if fields := strings.Fields(s.Text()); len(fields) == 2 && fields[0] == "module" {
-			return fields[1] == modulePath
-		}
-	}
-	return false
-}
-
-// tail returns the last n lines of s.
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

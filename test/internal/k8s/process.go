@@ -7,6 +7,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/tallyid/tally/test/internal/repo"
 )
 
 // proc is a control-plane process (etcd or kube-apiserver) owned by one Cluster.
@@ -73,7 +75,7 @@ func (p *proc) logTail(n int) string {
 	if err != nil {
 		return err.Error()
 	}
-	return tail(string(b), n)
+	return repo.Tail(string(b), n)
 }
 
 // portInUse reports whether the process log says it could not bind its port.

@@ -1,23 +1,20 @@
 package node
 
 import (
-	"bufio"
 	"bytes"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/tallyid/tally/test/internal/repo"
 )
 
 // BinDirEnv names an environment variable that, when set, overrides the directory
 // scripts/node/build.sh installs into (default <repo>/.cache/node).
 const BinDirEnv = "TALLY_NODE_BIN_DIR"
-
-const modulePath = "github.com/tallyid/tally"
 
 // Binaries returns the absolute directory holding kubelet, kube-scheduler and
 // kube-controller-manager, running scripts/node/build.sh. It never skips: when the binaries
@@ -26,7 +23,7 @@ const modulePath = "github.com/tallyid/tally"
 // concurrent callers (other test processes) with a lock.
 func Binaries(t testing.TB) string {
 	t.Helper()
-	root, err := repoRoot()
+	root, err := repo.Root()
 	if err != nil {
 		t.Fatalf("node: %v", err)
 	}
@@ -65,54 +62,7 @@ func runScript(root string, env []string, args ...string) (string, error) {
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
-		return stdout.String(), fmt.Errorf("%s: %w\n%s", strings.Join(args, " "), err, tail(stderr.String(), 60))
+		return stdout.String(), fmt.Errorf("%s: %w\n%s", strings.Join(args, " "), err, repo.Tail(stderr.String(), 60))
 	}
 	return stdout.String(), nil
-}
-
-// repoRoot finds the directory of Tally's go.mod, walking up from the working directory (go
-// test runs in the package directory) and falling back to this source file's location.
-func repoRoot() (string, error) {
-	var starts []string
-	if wd, err := os.Getwd(); err == nil {
-		starts = append(starts, wd)
-	}
-	if _, file, _, ok := runtime.Caller(0); ok {
-		starts = append(starts, filepath.Dir(file))
-	}
-	for _, dir := range starts {
-		for d := dir; ; d = filepath.Dir(d) {
-			if isTallyModule(filepath.Join(d, "go.mod")) {
-				return d, nil
-			}
-			if filepath.Dir(d) == d {
-				break
-			}
-		}
-	}
-	return "", errors.New("cannot find the go.mod of " + modulePath)
-}
-
-func isTallyModule(gomod string) bool {
-	f, err := os.Open(gomod)
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		if fields := strings.Fields(s.Text()); len(fields) == 2 && fields[0] == "module" {
-			return fields[1] == modulePath
-		}
-	}
-	return false
-}
-
-// tail returns the last n lines of s.
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

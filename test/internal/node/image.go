@@ -17,18 +17,20 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/tallyid/tally/test/internal/repo"
 )
 
 // The images a node needs, built from this module's sources (nothing can be pulled).
 const (
 	// PauseImage is the pod sandbox image every node imports before its kubelet starts.
 	PauseImage   = "localhost/tally-test/pause:1"
-	PausePackage = modulePath + "/test/internal/node/pause"
+	PausePackage = repo.Module + "/test/internal/node/pause"
 	// HelloImage is a tiny workload (see ./hello): it prints its /proc/self/cgroup and the
 	// files named by its arguments, then blocks until SIGTERM. Build it with
 	// BuildImage(t, HelloPackage, HelloImage) and give it to Options.Images.
 	HelloImage   = "localhost/tally-test/hello:1"
-	HelloPackage = modulePath + "/test/internal/node/hello"
+	HelloPackage = repo.Module + "/test/internal/node/hello"
 )
 
 // BuildImage builds the main package pkg (an import path in this module) as a static Linux
@@ -38,7 +40,7 @@ const (
 // imagePullPolicy Never (or IfNotPresent) and a tag other than latest in pods.
 func BuildImage(t testing.TB, pkg, ref string) string {
 	t.Helper()
-	root, err := repoRoot()
+	root, err := repo.Root()
 	if err != nil {
 		t.Fatalf("node: %v", err)
 	}

@@ -37,6 +37,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/tallyid/tally/test/internal/k8s"
+	"github.com/tallyid/tally/test/internal/repo"
 )
 
 // readyTimeout bounds the wait for the Node object's Ready condition once up.sh returned
@@ -121,7 +122,7 @@ func start(c *k8s.Cluster, opts Options, logf func(string, ...any)) (*Node, erro
 	if !c.Kubelet {
 		return nil, fmt.Errorf("the cluster was not started with k8s.Options{Kubelet: true}: the apiserver would refuse the kubelet")
 	}
-	root, err := repoRoot()
+	root, err := repo.Root()
 	if err != nil {
 		return nil, err
 	}
@@ -289,7 +290,7 @@ func (n *Node) LogTails(lines int) string {
 		if err != nil || len(data) == 0 {
 			continue
 		}
-		fmt.Fprintf(&b, "--- %s\n%s\n", filepath.Base(f), tail(string(data), lines))
+		fmt.Fprintf(&b, "--- %s\n%s\n", filepath.Base(f), repo.Tail(string(data), lines))
 	}
 	return b.String()
 }
