@@ -78,3 +78,19 @@ func TestOwnerValidation(t *testing.T) {
 		})
 	}
 }
+
+func TestFindEqual(t *testing.T) {
+	r, _ := newRegistry(t, 0)
+	stored := create(t, r, entry("web", agentA, "k8s:ns:shop", "k8s:pod-uid:u1"))[0]
+	same := entry("web", agentA, "k8s:pod-uid:u1", "k8s:ns:shop")
+	require.NoError(t, r.Validate(&same))
+	require.Equal(t, stored.ID, r.FindEqual(&same), "the same selector set in another order")
+	for _, other := range []store.Entry{
+		entry("web", "spiffe://example.org/tally/agent/join_token/b", "k8s:ns:shop", "k8s:pod-uid:u1"),
+		entry("db", agentA, "k8s:ns:shop", "k8s:pod-uid:u1"),
+		entry("web", agentA, "k8s:ns:shop", "k8s:pod-uid:u2"),
+	} {
+		require.NoError(t, r.Validate(&other))
+		require.Empty(t, r.FindEqual(&other), "%v", other)
+	}
+}

@@ -383,23 +383,18 @@ func (r *Registry) Validate(e *store.Entry) error {
 
 // FindEqual returns the ID of an entry equal to e in spiffe_id, parent_id
 // and selector set (what the store refuses twice), from memory; "" if none.
-// e's selectors must be sorted (Validate sorts them).
+// e must have passed Validate (its selectors sorted, as stored ones are).
+// It looks among the entries of e's parent: a node's few, where the
+// entries of one SPIFFE ID may be thousands.
 func (r *Registry) FindEqual(e *store.Entry) string {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	for id, other := range r.idx.bySPIFFE[e.SPIFFEID] {
-		if other.ParentID == e.ParentID && slices.Equal(selectorSet(other.Selectors), selectorSet(e.Selectors)) {
+	for id, other := range r.idx.children[e.ParentID] {
+		if other.SPIFFEID == e.SPIFFEID && slices.Equal(other.Selectors, e.Selectors) {
 			return id
 		}
 	}
 	return ""
-}
-
-// selectorSet is s sorted without repeats (s is not changed).
-func selectorSet(s []store.Selector) []store.Selector {
-	out := slices.Clone(s)
-	SortSelectors(out)
-	return slices.Compact(out)
 }
 
 // Owned calls f with every entry whose owner is of cluster, from memory;
