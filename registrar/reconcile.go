@@ -59,7 +59,7 @@ func (t *term) reconcilePod(ctx context.Context, uid types.UID) (bool, error) {
 		return false, nil
 	}
 	start = t.cfg.Clock.Now()
-	out, err := t.cfg.Entries.WriteEntries(ctx, w)
+	out, err := t.batch.write(ctx, w)
 	t.metrics.write.Observe(t.cfg.Clock.Since(start).Seconds())
 	if err != nil {
 		for i := range outcomes {
@@ -232,7 +232,7 @@ func (t *term) reconcileStatic(ctx context.Context, name string) (bool, error) {
 		}
 		return false, nil
 	}
-	out, err := t.cfg.Entries.WriteEntries(ctx, w)
+	out, err := t.batch.write(ctx, w)
 	if err != nil {
 		if u != nil {
 			t.status.static(u, err)

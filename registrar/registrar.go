@@ -50,7 +50,8 @@ type Config struct {
 	// LeaderElection, when set, makes the registrar write only while it
 	// holds the Lease it names.
 	LeaderElection *LeaderElection
-	// Workers reconcile keys in parallel (default 4).
+	// Workers reconcile keys in parallel (default 16): mostly they wait
+	// for their write, which the batcher groups.
 	Workers int
 	// StatusInterval is how often changed resources get their status
 	// written (default 2 s): a burst of pod changes is one status write.
@@ -83,7 +84,7 @@ func New(cfg Config) (*Registrar, error) {
 		return nil, fmt.Errorf("registrar: cluster name %q: %w", cfg.Cluster, err)
 	}
 	if cfg.Workers <= 0 {
-		cfg.Workers = 4
+		cfg.Workers = 16
 	}
 	if cfg.StatusInterval <= 0 {
 		cfg.StatusInterval = 2 * time.Second
@@ -122,6 +123,7 @@ const (
 type term struct {
 	*Registrar
 	queue workqueue.TypedRateLimitingInterface[string]
+	batch *batcher
 
 	pods, nodes, namespaces, statics cache.SharedIndexInformer
 
@@ -142,6 +144,7 @@ func (r *Registrar) lead(ctx context.Context) error {
 		Registrar: r,
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "registrar"}),
+		batch:  newBatcher(r.cfg.Entries),
 		owned:  map[types.UID][]store.Entry{},
 		static: map[string]store.Entry{},
 		since:  map[string]time.Time{},
@@ -191,6 +194,11 @@ func (t *term) run(ctx context.Context) error {
 	t.log.Info("registrar started", logkey.Count, t.written)
 
 	var wg sync.WaitGroup
+	bctx, stopBatcher := context.WithCancel(context.Background())
+	batcherDone := make(chan struct{})
+	go func() { defer close(batcherDone); t.batch.run(bctx) }()
+	// The batcher stops after the workers, which may wait on it.
+	defer func() { stopBatcher(); <-batcherDone }()
 	for range t.cfg.Workers {
 		wg.Go(func() {
 			for t.next(ctx) {
