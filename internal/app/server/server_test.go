@@ -161,6 +161,9 @@ func TestConfigRefusesBadValues(t *testing.T) {
 			c.UpstreamCertFile, c.UpstreamKeyFile = "/tmp/up.pem", "/tmp/up.key"
 		}},
 		{"token_ttl", func(c *Config) { c.Exchange.TokenTTL = time.Hour }},
+		{"registrar needs psat_cluster", func(c *Config) { c.Registrar = true }},
+		{"registrar_lease_namespace", func(c *Config) { c.RegistrarLeaseNamespace = "Not_A_Namespace" }},
+		{"registrar_lease_name", func(c *Config) { c.RegistrarLeaseNamespace, c.RegistrarLeaseName = "tally", "" }},
 	} {
 		cfg := DefaultConfig()
 		cfg.TrustDomain = "example.org"
