@@ -175,7 +175,18 @@ func (t *term) run(ctx context.Context) error {
 			t.add(staticKey + name)
 		}
 	})
-	t.handle(idents, func(any) { t.identitiesChanged(idents) })
+	// The registrar's own status writes come back as updates: only a new
+	// generation (a spec change; status is a subresource) can change what
+	// the identities render, so only then is every pod queued again.
+	_, _ = idents.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: func(any) { t.identitiesChanged(idents, true) },
+		UpdateFunc: func(old, obj any) {
+			o, _ := old.(*unstructured.Unstructured)
+			n, _ := obj.(*unstructured.Unstructured)
+			t.identitiesChanged(idents, o == nil || n == nil || o.GetGeneration() != n.GetGeneration())
+		},
+		DeleteFunc: func(any) { t.identitiesChanged(idents, true) },
+	})
 
 	events := newEventRecorder(t.cfg.Kube)
 	defer events.shutdown()
@@ -189,7 +200,7 @@ func (t *term) run(ctx context.Context) error {
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return ctx.Err()
 	}
-	t.identitiesChanged(idents)
+	t.identitiesChanged(idents, true)
 	t.loadOwned()
 	t.log.Info("registrar started", logkey.Count, t.written)
 
@@ -289,10 +300,10 @@ func (t *term) enqueueIndexed(idx string, obj any) {
 	}
 }
 
-// identitiesChanged recompiles every ClusterIdentity and queues every pod:
-// a change of one identity can move pods between identities (fallback,
-// masking).
-func (t *term) identitiesChanged(inf cache.SharedIndexInformer) {
+// identitiesChanged recompiles every ClusterIdentity and, if requeue,
+// queues every pod: a change of one identity can move pods between
+// identities (fallback, masking).
+func (t *term) identitiesChanged(inf cache.SharedIndexInformer, requeue bool) {
 	objs := inf.GetStore().List()
 	ids := make([]*identity, 0, len(objs))
 	for _, obj := range objs {
@@ -306,6 +317,9 @@ func (t *term) identitiesChanged(inf cache.SharedIndexInformer) {
 	t.idMu.Unlock()
 	if t.status != nil {
 		t.status.identities(ids)
+	}
+	if !requeue {
+		return
 	}
 	for _, obj := range t.pods.GetStore().List() {
 		t.enqueuePod(obj)

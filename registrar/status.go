@@ -80,16 +80,22 @@ func (b *statusBook) identities(ids []*identity) {
 			st = &identityState{pods: map[types.UID]podOutcome{}}
 			b.idents[id.name] = st
 		}
+		// A new identity, a new generation or a new compile error needs a
+		// status; the registrar's own status write (which comes back as
+		// an update) does not.
+		changed := st.id == nil || st.id.obj.GetGeneration() != id.obj.GetGeneration()
 		st.id = id
-		b.dirty["ClusterIdentity/"+id.name] = true
-		msg := ""
-		if id.err != nil {
-			msg = id.err.Error()
-		}
-		if msg != b.lastSpec[id.name] && msg != "" {
-			b.events.warn(id.obj, reasonInvalidSpec, "spec: %s", msg)
+		msg := errText(id.err)
+		if msg != b.lastSpec[id.name] {
+			changed = true
+			if msg != "" {
+				b.events.warn(id.obj, reasonInvalidSpec, "spec: %s", msg)
+			}
 		}
 		b.lastSpec[id.name] = msg
+		if changed {
+			b.dirty["ClusterIdentity/"+id.name] = true
+		}
 	}
 	for name := range b.idents {
 		if !seen[name] {

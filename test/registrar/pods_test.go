@@ -1,8 +1,11 @@
 package registrar_test
 
 import (
+	"fmt"
 	"testing"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -77,4 +80,43 @@ func bind(t *testing.T, e *env, pod *corev1.Pod) {
 		Target:     corev1.ObjectReference{Kind: "Node", Name: pod.Spec.NodeName},
 	}, metav1.CreateOptions{})
 	require.NoError(t, err)
+}
+
+// The registrar's own status writes come back as updates of the
+// ClusterIdentity; they must not queue every pod again (at 10,000 pods
+// that queue delayed each real change by seconds).
+func TestStatusWritesQueueNoPods(t *testing.T) {
+	e := newEnv(t)
+	metrics := e.start("prod", nil)
+	e.identity("web", map[string]any{"spiffeIDTemplate": "spiffe://example.org/web/{{ .PodMeta.Name }}"})
+	const pods = 30
+	for i := range pods {
+		e.pod(fmt.Sprintf("p%d", i), nil)
+	}
+	e.eventually("prod", "every entry", func(m map[string]store.Entry) bool { return len(m) == pods })
+	e.status(identities, "web", func(s map[string]any) bool { return count(s, "podsSelected") == pods })
+	before := reconciles(t, metrics, "unchanged")
+
+	e.pod("one-more", nil) // its status write comes back as an update
+	e.status(identities, "web", func(s map[string]any) bool { return count(s, "podsSelected") == pods+1 })
+	time.Sleep(300 * time.Millisecond) // a requeue of every pod would have run by now
+	assert.Less(t, reconciles(t, metrics, "unchanged")-before, float64(pods/2), "a status write queued the pods again")
+}
+
+func reconciles(t *testing.T, reg *prometheus.Registry, result string) float64 {
+	t.Helper()
+	for _, mf := range gather(t, reg) {
+		if mf.GetName() != "tally_registrar_reconciles_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "result" && l.GetValue() == result {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no reconciles_total{result=%q}", result)
+	return 0
 }
