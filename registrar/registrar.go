@@ -50,7 +50,7 @@ type Config struct {
 	// LeaderElection, when set, makes the registrar write only while it
 	// holds the Lease it names.
 	LeaderElection *LeaderElection
-	// Workers reconcile keys in parallel (default 16): mostly they wait
+	// Workers reconcile keys in parallel (default 64): mostly they wait
 	// for their write, which the batcher groups.
 	Workers int
 	// StatusInterval is how often changed resources get their status
@@ -84,7 +84,7 @@ func New(cfg Config) (*Registrar, error) {
 		return nil, fmt.Errorf("registrar: cluster name %q: %w", cfg.Cluster, err)
 	}
 	if cfg.Workers <= 0 {
-		cfg.Workers = 16
+		cfg.Workers = 64
 	}
 	if cfg.StatusInterval <= 0 {
 		cfg.StatusInterval = 2 * time.Second

@@ -269,11 +269,15 @@ func (n *Node) SyncEntries(req *tallyv1.SyncEntriesRequest, stream tallyv1.Node_
 			if err := n.sendDelta(stream, d, bundle, tainted); err != nil {
 				return err
 			}
-			since, bundleSeq = d.Revision, seq
+			bundleSeq = seq
 			if bundle != nil {
 				sentTainted = tainted
 			}
 		}
+		// Nothing for this agent up to d.Revision is nothing to send, but
+		// the next Changes starts there: otherwise every write elsewhere
+		// would lengthen what each idle agent's stream looks through.
+		since = d.Revision
 		select {
 		case <-ctx.Done():
 			return nil

@@ -94,3 +94,24 @@ func TestFindEqual(t *testing.T) {
 		require.Empty(t, r.FindEqual(&other), "%v", other)
 	}
 }
+
+// Writes under another agent are no change for this one (and cost it no
+// walk of its subtree); its own still are.
+func TestChangesOfOtherAgentsAreNone(t *testing.T) {
+	r, _ := newRegistry(t, 0)
+	const agentB = "spiffe://example.org/tally/agent/join_token/b"
+	mine := create(t, r, entry("a", agentA, "unix:uid:1"))[0]
+	sc := registry.Scope{AgentID: agentA}
+	rev := r.Changes(sc, 0).Revision
+
+	theirs := create(t, r, entry("b", agentB, "unix:uid:2"))[0]
+	require.NoError(t, r.DeleteEntries(context.Background(), []string{theirs.ID}, false))
+	d := r.Changes(sc, rev)
+	require.False(t, d.Reset)
+	require.Empty(t, d.Upserts)
+	require.Empty(t, d.Deleted)
+	require.Greater(t, d.Revision, rev)
+
+	require.NoError(t, r.DeleteEntries(context.Background(), []string{mine.ID}, false))
+	require.Equal(t, []string{mine.ID}, r.Changes(sc, d.Revision).Deleted)
+}

@@ -56,6 +56,7 @@ type Config struct {
 type Registry struct {
 	cfg      Config
 	serverID string
+	reserved string // reserved.Prefix: no entry has an ID that starts so
 
 	catchMu sync.Mutex // serialises catchUp
 
@@ -86,6 +87,7 @@ func New(cfg Config) *Registry {
 	return &Registry{
 		cfg:      cfg,
 		serverID: reserved.ServerID(cfg.TrustDomain).String(),
+		reserved: reserved.Prefix(cfg.TrustDomain),
 		idx:      newIndex(),
 		subs:     map[int]chan struct{}{},
 	}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/tallyid/tally/ca/store"
@@ -50,6 +51,9 @@ func (r *Registry) Changes(sc Scope, since uint64) Delta {
 		reset = evs[i].topological
 	}
 	roots := r.rootsLocked(sc)
+	if !reset && !touchesLocked(r, evs, roots) {
+		return d // nothing since concerns this agent: no walk of its subtree
+	}
 	set := r.subtreeLocked(roots, since)
 	d.Reset = reset
 	for _, n := range set {
@@ -76,6 +80,22 @@ func (r *Registry) Changes(sc Scope, since uint64) Delta {
 		d.Deleted = append(d.Deleted, was.ID)
 	}
 	return d
+}
+
+// touchesLocked reports whether any of evs may concern the agent with
+// roots. An event cannot when its entry's parent (before and after) is the
+// ID of another agent (or the server): no entry has a reserved ID, so none
+// in this agent's subtree can lead there. With one agent per node and the
+// registrar writing a node's pods under its agent, this spares every other
+// agent the walk of its subtree at each write.
+func touchesLocked(r *Registry, evs []ringEvent, roots map[string]bool) bool {
+	concerns := func(parent string) bool { return roots[parent] || !strings.HasPrefix(parent, r.reserved) }
+	for i := range evs {
+		if concerns(evs[i].Entry.ParentID) || (evs[i].Previous != nil && concerns(evs[i].Previous.ParentID)) {
+			return true
+		}
+	}
+	return false
 }
 
 // Authorized returns the entry if the agent with scope sc may issue it.

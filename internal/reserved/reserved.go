@@ -39,5 +39,9 @@ func AgentID(td spiffeid.TrustDomain, attestationType string, segments ...string
 // IsReserved reports whether id is in Tally's own part of its trust domain.
 func IsReserved(id spiffeid.ID) bool { return strings.HasPrefix(id.Path(), prefix) }
 
+// Prefix is the start of every reserved ID of td as a string
+// ("spiffe://<td>/tally/"), for checks on IDs kept as strings.
+func Prefix(td spiffeid.TrustDomain) string { return td.ID().String() + prefix }
+
 // IsAgent reports whether id names an agent.
 func IsAgent(id spiffeid.ID) bool { return strings.HasPrefix(id.Path(), agentPrefix) }
