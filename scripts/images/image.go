@@ -18,17 +18,45 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
 
-// spec is one image: the binary ./cmd/<Name> and what its image adds.
+// spec is one image: the binary of Package (default ./cmd/<Name>) and what
+// its image adds.
 type spec struct {
 	Name        string
 	Description string
 	// Dirs are extra directories owned by nonroot, beside /var/lib/<Name>.
 	Dirs []string
+	// Package is the main package to build, relative to the module root;
+	// "" is ./cmd/<Name>.
+	Package string
+	// Cmd is the image's default arguments; nil is ["run"].
+	Cmd []string
 }
 
+// specs are the images `make images` builds.
 var specs = []spec{
 	{Name: "tally-server", Description: "Tally SPIFFE server: certificate authority, registration, node and admin APIs"},
 	{Name: "tally-agent", Description: "Tally node agent: attests to the server and serves the SPIFFE Workload API", Dirs: []string{"/run/tally"}},
+}
+
+// exampleSpecs are the demo workloads' images, built with -examples: what
+// a cluster runs to try Tally (test/realnode runs them on a real node).
+var exampleSpecs = []spec{
+	{Name: "greeter", Description: "Tally demo workload: two instances talk mutual TLS with X509-SVIDs from the SPIFFE Workload API",
+		Package: "./examples/greeter", Cmd: []string{"server"}},
+}
+
+func (s spec) pkg() string {
+	if s.Package != "" {
+		return s.Package
+	}
+	return "./cmd/" + s.Name
+}
+
+func (s spec) cmd() []string {
+	if s.Cmd != nil {
+		return s.Cmd
+	}
+	return []string{"run"}
 }
 
 const (
@@ -48,7 +76,7 @@ func writeImage(ctx context.Context, root, out, repo string, s spec, meta gitMet
 	if err != nil {
 		return "", tag, fmt.Errorf("images: tag for %s: %w", s.Name, err)
 	}
-	bin, err := buildBinary(ctx, root, s.Name)
+	bin, err := buildBinary(ctx, root, s.Name, s.pkg())
 	if err != nil {
 		return "", tag, err
 	}
@@ -63,9 +91,9 @@ func writeImage(ctx context.Context, root, out, repo string, s spec, meta gitMet
 	return path, tag, nil
 }
 
-// buildBinary returns the static linux binary of ./cmd/<name> for the
-// host's architecture.
-func buildBinary(ctx context.Context, root, name string) ([]byte, error) {
+// buildBinary returns the static linux binary of the main package pkg,
+// named name, for the host's architecture.
+func buildBinary(ctx context.Context, root, name, pkg string) ([]byte, error) {
 	dir, err := os.MkdirTemp("", "tally-image-")
 	if err != nil {
 		return nil, fmt.Errorf("images: %w", err)
@@ -73,12 +101,12 @@ func buildBinary(ctx context.Context, root, name string) ([]byte, error) {
 	defer os.RemoveAll(dir)
 	out := filepath.Join(dir, name)
 	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-buildvcs=false",
-		"-ldflags", "-s -w", "-o", out, "./cmd/"+name)
+		"-ldflags", "-s -w", "-o", out, pkg)
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+runtime.GOARCH)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
-		return nil, fmt.Errorf("images: go build ./cmd/%s: %w", name, err)
+		return nil, fmt.Errorf("images: go build %s: %w", pkg, err)
 	}
 	bin, err := os.ReadFile(out)
 	if err != nil {
@@ -126,7 +154,7 @@ func image(s spec, meta gitMeta, bin []byte) (v1.Image, error) {
 	}
 	cf.Config = v1.Config{
 		Entrypoint: []string{binPath(s.Name)},
-		Cmd:        []string{"run"},
+		Cmd:        s.cmd(),
 		User:       user,
 		WorkingDir: dataDir(s.Name),
 		Labels:     labels,

@@ -129,6 +129,43 @@ func TestImages(t *testing.T) {
 	}
 }
 
+// TestExampleImages builds the -examples images (the greeter demo) and
+// checks what differs from the product images: the package built, the
+// default arguments, the binary in the image runs.
+func TestExampleImages(t *testing.T) {
+	ctx := context.Background()
+	root, err := moduleRoot(ctx)
+	require.NoError(t, err)
+	meta := gitMeta{Version: "test", Time: time.Unix(1_700_000_000, 0).UTC()}
+	out := t.TempDir()
+	require.Len(t, exampleSpecs, 1)
+	s := exampleSpecs[0]
+	require.Equal(t, "greeter", s.Name)
+
+	path, tag, err := writeImage(ctx, root, out, "tally", s, meta)
+	require.NoError(t, err)
+	require.Equal(t, filepath.Join(out, "greeter.tar"), path)
+	require.Equal(t, "tally/greeter:test", tag.String())
+	img, err := tarball.ImageFromPath(path, &tag)
+	require.NoError(t, err)
+	cf, err := img.ConfigFile()
+	require.NoError(t, err)
+	require.Equal(t, []string{"/usr/local/bin/greeter"}, cf.Config.Entrypoint)
+	require.Equal(t, []string{"server"}, cf.Config.Cmd)
+	require.Equal(t, "65532:65532", cf.Config.User)
+	require.Equal(t, "greeter", cf.Config.Labels["org.opencontainers.image.title"])
+
+	_, bodies := extract(t, mutate.Extract(img))
+	exe := filepath.Join(t.TempDir(), "greeter")
+	require.NoError(t, os.WriteFile(exe, bodies["usr/local/bin/greeter"], 0o755))
+	// without a mode it prints its usage and exits 2
+	usage, err := exec.Command(exe).CombinedOutput()
+	var exit *exec.ExitError
+	require.ErrorAs(t, err, &exit, "%s", usage)
+	require.Equal(t, 2, exit.ExitCode())
+	require.Contains(t, string(usage), "usage: greeter server|client")
+}
+
 func TestReadGitMeta(t *testing.T) {
 	ctx := context.Background()
 	t.Run("no repository", func(t *testing.T) {

@@ -21,7 +21,9 @@
 //
 // `make images` (or `go run ./scripts/images -out bin/images`) writes
 // bin/images/<name>.tar in the `docker save` format, tagged
-// tally/<name>:<version>. It is accepted by:
+// tally/<name>:<version>. With -examples it also writes the image of the
+// demo workload examples/greeter (greeter.tar, tally/greeter:<version>,
+// default arguments ["server"]), the same way. Each is accepted by:
 //
 //	docker load -i bin/images/tally-server.tar
 //	ctr images import bin/images/tally-server.tar
@@ -40,17 +42,22 @@ import (
 func main() {
 	out := flag.String("out", "bin/images", "directory for the <name>.tar image tarballs")
 	repo := flag.String("repo", "tally", "repository prefix of the tags: <repo>/<name>:<version>")
+	examples := flag.Bool("examples", false, "also build the demo workloads' images (examples/greeter)")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *out, *repo); err != nil {
+	todo := specs
+	if *examples {
+		todo = append(append([]spec(nil), specs...), exampleSpecs...)
+	}
+	if err := run(ctx, *out, *repo, todo); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, out, repo string) error {
+func run(ctx context.Context, out, repo string, specs []spec) error {
 	root, err := moduleRoot(ctx)
 	if err != nil {
 		return err

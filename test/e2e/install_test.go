@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 	appsv1 "k8s.io/api/apps/v1"
 	authzv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -415,8 +416,9 @@ func checkRBAC(t *testing.T, c *k8s.Cluster, in *install) {
 }
 
 // checkInstall reads back what was applied: the configs load and
-// validate, the agent's token has the server's audience, and the pods run
-// as non-root with read-only root filesystems.
+// validate, the agent's token has the server's audience, the server runs
+// as non-root and the agent as root without capabilities, both with
+// read-only root filesystems.
 func checkInstall(t *testing.T, c *k8s.Cluster, in *install) {
 	ctx := context.Background()
 	cm := func(name, key string) string {
@@ -460,11 +462,19 @@ func checkInstall(t *testing.T, c *k8s.Cluster, in *install) {
 		spec appsv1.StatefulSetSpec
 	}{{"server", sts.Spec}, {"agent", appsv1.StatefulSetSpec{Template: ds.Spec.Template}}} {
 		ps := pod.spec.Template.Spec
-		require.True(t, *ps.SecurityContext.RunAsNonRoot, pod.name)
-		require.Equal(t, int64(65532), *ps.SecurityContext.RunAsUser, pod.name)
+		if pod.name == "server" {
+			require.True(t, *ps.SecurityContext.RunAsNonRoot, pod.name)
+			require.Equal(t, int64(65532), *ps.SecurityContext.RunAsUser, pod.name)
+		} else {
+			// root without capabilities: it writes the root-owned hostPath
+			// directories the kubelet creates (test/realnode runs it so)
+			require.Equal(t, int64(0), *ps.SecurityContext.RunAsUser, pod.name)
+		}
 		for _, ctr := range ps.Containers {
 			require.True(t, *ctr.SecurityContext.ReadOnlyRootFilesystem, pod.name)
 			require.False(t, *ctr.SecurityContext.AllowPrivilegeEscalation, pod.name)
+			require.Equal(t, []corev1.Capability{"ALL"}, ctr.SecurityContext.Capabilities.Drop, pod.name)
+			require.Empty(t, ctr.SecurityContext.Capabilities.Add, pod.name)
 			require.NotNil(t, ctr.ReadinessProbe, pod.name)
 			require.NotNil(t, ctr.LivenessProbe, pod.name)
 			require.False(t, ctr.Resources.Requests.Cpu().IsZero(), pod.name)
