@@ -68,4 +68,6 @@ const (
 	Key     = "key"
 	Lease   = "lease"
 	Count   = "count"
+	// ConfigMap is "namespace/name" of a ConfigMap the server writes.
+	ConfigMap = "configmap"
 )

@@ -396,7 +396,11 @@ func checkRBAC(t *testing.T, c *k8s.Cluster, in *install) {
 		{in.server, authzv1.ResourceAttributes{Group: "tally.dev", Resource: "delegationpolicies", Subresource: "status", Verb: "patch"}, true},
 		{in.server, authzv1.ResourceAttributes{Group: "coordination.k8s.io", Resource: "leases", Verb: "get", Namespace: in.ns}, true},
 		{in.server, authzv1.ResourceAttributes{Resource: "events", Verb: "create", Namespace: in.ns}, true},
-		// Not: secrets, writing its own specs, leases elsewhere, pods.
+		{in.server, authzv1.ResourceAttributes{Resource: "configmaps", Verb: "create", Namespace: in.ns}, true},
+		{in.server, authzv1.ResourceAttributes{Resource: "configmaps", Name: "tally-bundle", Verb: "patch", Namespace: in.ns}, true},
+		// Not: secrets, writing its own specs, leases elsewhere, pods, other ConfigMaps.
+		{in.server, authzv1.ResourceAttributes{Resource: "configmaps", Name: "tally-server", Verb: "patch", Namespace: in.ns}, false},
+		{in.server, authzv1.ResourceAttributes{Resource: "configmaps", Name: "tally-bundle", Verb: "patch", Namespace: "kube-system"}, false},
 		{in.server, authzv1.ResourceAttributes{Resource: "secrets", Verb: "get", Namespace: in.ns}, false},
 		{in.server, authzv1.ResourceAttributes{Resource: "secrets", Verb: "list"}, false},
 		{in.server, authzv1.ResourceAttributes{Group: "tally.dev", Resource: "clusteridentities", Verb: "update"}, false},

@@ -61,9 +61,9 @@ func newInstall(t *testing.T, c *k8s.Cluster, n *node.Node, a *artifacts, o *ove
 	return &install{t: t, c: c, n: n, a: a, o: o, dyn: dyn}
 }
 
-// up waits for the server to be Ready, publishes its bundle for the agents' first
-// connection as the manifests tell a user to (a ConfigMap tally-bundle), and waits for the
-// agent to be Ready. It returns the agent's pod.
+// up waits for the server to be Ready and to have published its bundle for the agents'
+// first connection (the ConfigMap tally-bundle, bundle_configmap), and waits for the agent
+// to be Ready. It returns the agent's pod.
 func (in *install) up() *corev1.Pod {
 	in.t.Helper()
 	t0 := time.Now()
@@ -73,15 +73,14 @@ func (in *install) up() *corev1.Pod {
 	}, in.diagnose)
 	in.t.Logf("server Ready %s after the objects were applied", time.Since(t0).Round(10*time.Millisecond))
 
-	// kubectl exec tally-server-0 -- tallyctl bundle show: here tallyctl runs on the host,
-	// through the admin socket's host directory (see the overlay)
+	// The bundle the server published is the one it serves (tallyctl on the host, through the
+	// admin socket's host directory: see the overlay).
 	bundle := in.tallyctl("bundle", "show", "--format", "pem")
 	require.Contains(in.t, bundle, "-----BEGIN CERTIFICATE-----")
-	_, err := in.c.Client.CoreV1().ConfigMaps(namespace).Create(in.t.Context(), &corev1.ConfigMap{
-		ObjectMeta: metav1.ObjectMeta{Name: "tally-bundle"},
-		Data:       map[string]string{"bundle.pem": bundle},
-	}, metav1.CreateOptions{})
-	require.NoError(in.t, err)
+	poll(in.t, "the server's tally-bundle ConfigMap", func(ctx context.Context) (bool, error) {
+		cm, err := in.c.Client.CoreV1().ConfigMaps(namespace).Get(ctx, "tally-bundle", metav1.GetOptions{})
+		return err == nil && strings.TrimSpace(cm.Data["bundle.pem"]) == strings.TrimSpace(bundle), nil
+	}, in.diagnose)
 
 	pod := in.waitAgent(nil)
 	in.t.Logf("agent %s Ready %s after the objects were applied", pod.Name, time.Since(t0).Round(10*time.Millisecond))

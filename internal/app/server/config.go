@@ -16,8 +16,9 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/utils/clock"
 
-	"github.com/tallyid/tally/attest/k8spsat"
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/tallyid/tally/attest/k8spsat"
 
 	"github.com/tallyid/tally/ca"
 	"github.com/tallyid/tally/ca/exchange"
@@ -108,6 +109,10 @@ type Config struct {
 	// its host name (the pod name).
 	RegistrarLeaseNamespace string `yaml:"registrar_lease_namespace"`
 	RegistrarLeaseName      string `yaml:"registrar_lease_name"`
+	// BundleConfigMap, "namespace/name", is a ConfigMap the server keeps
+	// the trust bundle in (PEM, key bundle.pem) for agents yet to start,
+	// through the psat_kubeconfig client. Requires psat_cluster.
+	BundleConfigMap string `yaml:"bundle_configmap"`
 	// Exchange is the token-exchange policy (docs/delegation.md): trusted
 	// OIDC issuers and the rules of who may exchange for what. Without
 	// rules every exchange is refused.
@@ -194,6 +199,7 @@ func BindFlags(fs *pflag.FlagSet, c *Config) {
 	fs.BoolVar(&c.Registrar, "registrar", c.Registrar, "keep the entries of psat-cluster's pods from its ClusterIdentity and ClusterStaticEntry resources")
 	fs.StringVar(&c.RegistrarLeaseNamespace, "registrar-lease-namespace", c.RegistrarLeaseNamespace, "elect one registrar among replicas through a Lease in this namespace")
 	fs.StringVar(&c.RegistrarLeaseName, "registrar-lease-name", c.RegistrarLeaseName, "name of the registrar's Lease")
+	fs.StringVar(&c.BundleConfigMap, "bundle-configmap", c.BundleConfigMap, "namespace/name of a ConfigMap to keep the trust bundle in (PEM) for agents yet to start")
 	fs.StringSliceVar(&c.AdminIDs, "admin-id", c.AdminIDs, "SPIFFE ID allowed to call the Admin API over mTLS (repeatable)")
 	fs.StringVar(&c.PSATCluster, "psat-cluster", c.PSATCluster, "enable k8s_psat agent attestation for this cluster name")
 	fs.StringVar(&c.PSATKubeconfig, "psat-kubeconfig", c.PSATKubeconfig, "kubeconfig for TokenReview (default: in-cluster)")
@@ -282,6 +288,15 @@ func (c Config) Validate() error {
 	}
 	if c.Registrar && c.PSATCluster == "" {
 		return errors.New("config: registrar needs psat_cluster: its entries' parents are the k8s_psat agents of that cluster's nodes")
+	}
+	if c.BundleConfigMap != "" {
+		ns, name, ok := strings.Cut(c.BundleConfigMap, "/")
+		switch {
+		case c.PSATCluster == "":
+			return errors.New("config: bundle_configmap needs psat_cluster (its Kubernetes client)")
+		case !ok || len(validation.IsDNS1123Label(ns)) > 0 || len(validation.IsDNS1123Subdomain(name)) > 0:
+			return fmt.Errorf("config: bundle_configmap %q: want namespace/name", c.BundleConfigMap)
+		}
 	}
 	if c.RegistrarLeaseNamespace != "" {
 		if errs := validation.IsDNS1123Label(c.RegistrarLeaseNamespace); len(errs) > 0 {

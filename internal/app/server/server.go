@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -40,6 +41,7 @@ import (
 	"github.com/tallyid/tally/internal/peercred"
 	"github.com/tallyid/tally/internal/reserved"
 	"github.com/tallyid/tally/internal/unixsock"
+	"github.com/tallyid/tally/kubebundle"
 	tallyv1 "github.com/tallyid/tally/proto/tally/v1"
 	"github.com/tallyid/tally/registrar"
 )
@@ -73,6 +75,7 @@ type components struct {
 	exchange  *exchange.Service
 	registrar *registrar.Registrar // nil unless the config turns it on; so is policies
 	policies  *registrar.PolicyWatcher
+	bundleCM  *kubebundle.Publisher // nil unless bundle_configmap is set
 	metrics   *prometheus.Registry
 	records   *records.Recorder
 	fleet     *fleet.Fleet
@@ -199,17 +202,26 @@ func (s *Server) buildAPIs(c *components) error {
 	if err != nil {
 		return err
 	}
-	if cfg.Registrar {
+	if cfg.Registrar || cfg.BundleConfigMap != "" {
 		kc, dc, err := kubeClients(cfg)
 		if err != nil {
 			return err
 		}
-		if c.registrar, err = newRegistrar(cfg, s.td, kc, dc, c.registry, c.metrics, s.log); err != nil {
-			return err
+		if cfg.Registrar {
+			if c.registrar, err = newRegistrar(cfg, s.td, kc, dc, c.registry, c.metrics, s.log); err != nil {
+				return err
+			}
+			c.policies, err = registrar.NewPolicyWatcher(registrar.PolicyConfig{Kube: kc, Dynamic: dc, Sink: c.exchange, Logger: s.log})
+			if err != nil {
+				return err
+			}
 		}
-		c.policies, err = registrar.NewPolicyWatcher(registrar.PolicyConfig{Kube: kc, Dynamic: dc, Sink: c.exchange, Logger: s.log})
-		if err != nil {
-			return err
+		if cfg.BundleConfigMap != "" {
+			ns, name, _ := strings.Cut(cfg.BundleConfigMap, "/")
+			c.bundleCM, err = kubebundle.New(kubebundle.Config{Kube: kc, Namespace: ns, Name: name, Source: c.authority, Clock: s.clock, Logger: s.log})
+			if err != nil {
+				return err
+			}
 		}
 	}
 	metrics := api.NewMetrics(c.metrics)
@@ -343,6 +355,9 @@ func (s *Server) serve(ctx context.Context, c *components) error {
 	if c.registrar != nil {
 		g.Go(func() error { return c.registrar.Run(ctx) })
 		g.Go(func() error { return c.policies.Run(ctx) })
+	}
+	if c.bundleCM != nil {
+		g.Go(func() error { return c.bundleCM.Run(ctx) })
 	}
 	s.ready.Store(true)
 	s.log.Info("tally server ready", logkey.TrustDomain, s.td.Name(), "bind_address", c.nodeLis.lis.Addr().String(),

@@ -162,6 +162,13 @@ func TestConfigRefusesBadValues(t *testing.T) {
 		}},
 		{"token_ttl", func(c *Config) { c.Exchange.TokenTTL = time.Hour }},
 		{"registrar needs psat_cluster", func(c *Config) { c.Registrar = true }},
+		{"bundle_configmap needs psat_cluster", func(c *Config) { c.BundleConfigMap = "tally/tally-bundle" }},
+		{"bundle_configmap", func(c *Config) {
+			c.PSATCluster, c.PSATServiceAccounts, c.BundleConfigMap = "prod", []string{"tally:tally-agent"}, "no-slash"
+		}},
+		{"bundle_configmap", func(c *Config) {
+			c.PSATCluster, c.PSATServiceAccounts, c.BundleConfigMap = "prod", []string{"tally:tally-agent"}, "Bad_NS/x"
+		}},
 		{"registrar_lease_namespace", func(c *Config) { c.RegistrarLeaseNamespace = "Not_A_Namespace" }},
 		{"registrar_lease_name", func(c *Config) { c.RegistrarLeaseNamespace, c.RegistrarLeaseName = "tally", "" }},
 	} {
