@@ -88,7 +88,7 @@ func TestBrowser(t *testing.T) {
 			ns.value = "ledger";
 			ns.dispatchEvent(new Event("change"));
 		})()`)
-		b.WaitJS(t, fmt.Sprintf(`document.getElementById("wl-count").textContent === "%d of %d"`, want, len(o.Workloads)), 5*time.Second)
+		b.WaitJS(t, fmt.Sprintf(`document.getElementById("wl-count").textContent === "%d of %d"`, want, len(o.Workloads)), 30*time.Second)
 		ids := browsertest.Eval[[]string](t, b, `[...document.querySelectorAll("#wl-rows .vt-row")].map(r => r.dataset.id)`)
 		for _, id := range ids {
 			require.Contains(t, id, "/ns/ledger/")
@@ -100,7 +100,7 @@ func TestBrowser(t *testing.T) {
 			ns.value = "";
 			ns.dispatchEvent(new Event("change"));
 		})()`)
-		b.WaitJS(t, fmt.Sprintf(`document.getElementById("wl-count").textContent === "%d"`, len(o.Workloads)), 5*time.Second)
+		b.WaitJS(t, fmt.Sprintf(`document.getElementById("wl-count").textContent === "%d"`, len(o.Workloads)), 30*time.Second)
 	})
 
 	t.Run("a rotation appears live, without a reload", func(t *testing.T) {
@@ -122,7 +122,7 @@ func TestBrowser(t *testing.T) {
 			o.Workloads[0].Serial, o.Workloads[0].SignerID, o.Workloads[0].Renewals = "0123456789abcdef0123456789abcdef", prepared, 39
 			o.Workloads = slices.Delete(o.Workloads, 5, 6)
 		})
-		b.WaitJS(t, fmt.Sprintf(`document.querySelector('#slot-table tr.slot-active[data-id="%s"]')`, prepared), 2*time.Second)
+		b.WaitJS(t, fmt.Sprintf(`document.querySelector('#slot-table tr.slot-active[data-id="%s"]')`, prepared), 30*time.Second)
 		require.True(t, browsertest.Eval[bool](t, b, `window.sameDocument === true`), "the page was not reloaded")
 		require.True(t, browsertest.Eval[bool](t, b, `tallyStats.delta`), "only what changed was fetched")
 		require.Equal(t, fmt.Sprint(len(o.Workloads)-1), browsertest.Eval[string](t, b, `document.getElementById("wl-count").textContent`))
@@ -135,7 +135,7 @@ func TestBrowser(t *testing.T) {
 	})
 
 	t.Run("screenshot", func(t *testing.T) {
-		b.WaitJS(t, `document.querySelector("#chart canvas")`, 5*time.Second)
+		b.WaitJS(t, `document.querySelector("#chart canvas")`, 30*time.Second)
 		// docs/dashboard.png is taken of a real server: test/e2e's
 		// TestDashboard -update.
 		browsertest.WriteArtifact(t, "dashboard.png", b.Screenshot(t))
@@ -143,7 +143,7 @@ func TestBrowser(t *testing.T) {
 
 	t.Run("sign out", func(t *testing.T) {
 		browsertest.Eval[chromedp.Void](t, b, `document.getElementById("logout").click()`)
-		b.WaitJS(t, `location.pathname === "/dashboard/login"`, 5*time.Second)
+		b.WaitJS(t, `location.pathname === "/dashboard/login"`, 30*time.Second)
 		res := browsertest.Eval[float64](t, b, `fetch("api/overview").then(r => r.status)`)
 		require.Equal(t, float64(401), res)
 	})
