@@ -9,6 +9,8 @@ import (
 	"errors"
 	"io"
 	"io/fs"
+	"log"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,7 +20,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/crane"
 	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/stretchr/testify/require"
@@ -62,6 +66,22 @@ func TestImages(t *testing.T) {
 			require.NoError(t, err)
 			img, err := tarball.ImageFromPath(path, &ref)
 			require.NoError(t, err)
+
+			// What `crane push` does with the tarball, to a real OCI
+			// distribution registry (go-containerregistry's), and back.
+			oci := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+			defer oci.Close()
+			dst := strings.TrimPrefix(oci.URL, "http://") + "/tally/" + s.Name + ":test"
+			loaded, err := crane.Load(path)
+			require.NoError(t, err)
+			require.NoError(t, crane.Push(loaded, dst))
+			pulled, err := crane.Pull(dst)
+			require.NoError(t, err)
+			pushed, err := img.Digest()
+			require.NoError(t, err)
+			served, err := pulled.Digest()
+			require.NoError(t, err)
+			require.Equal(t, pushed, served, "the registry serves the image pushed")
 
 			cf, err := img.ConfigFile()
 			require.NoError(t, err)
