@@ -4,15 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,7 +21,6 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/restmapper"
 	"sigs.k8s.io/kustomize/api/krusty"
@@ -33,35 +29,9 @@ import (
 	agentapp "github.com/tallyid/tally/internal/app/agent"
 	serverapp "github.com/tallyid/tally/internal/app/server"
 	"github.com/tallyid/tally/internal/config"
+	"github.com/tallyid/tally/test/internal/deploy"
 	"github.com/tallyid/tally/test/internal/k8s"
 )
-
-var (
-	helmOnce sync.Once
-	helmBin  string
-	helmErr  error
-)
-
-// helm returns the path of the helm binary. The first call in a test
-// process runs scripts/helm/build.sh, which returns at once when helm is
-// already built in .cache/helm and builds it otherwise (a few minutes cold).
-func helm(t *testing.T) string {
-	t.Helper()
-	helmOnce.Do(func() {
-		cmd := exec.Command(filepath.Join(repoRoot(), "scripts", "helm", "build.sh"))
-		cmd.Dir = repoRoot()
-		cmd.Stderr = os.Stderr // build progress, if any
-		out, err := cmd.Output()
-		if err != nil {
-			helmErr = fmt.Errorf("scripts/helm/build.sh: %v\n%s", err, out)
-			return
-		}
-		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-		helmBin = filepath.Join(strings.TrimSpace(lines[len(lines)-1]), "helm")
-	})
-	require.NoError(t, helmErr)
-	return helmBin
-}
 
 func repoRoot() string {
 	_, file, _, _ := runtime.Caller(0)
@@ -206,7 +176,7 @@ func renderKustomize(t *testing.T, c *k8s.Cluster, base string) *install {
 	require.NoError(t, err)
 	in := &install{ns: ns, server: ns + "-tally-server", agent: ns + "-tally-agent",
 		serverConfigCM: ns + "-tally-server", agentConfigCM: ns + "-tally-agent"}
-	in.objects = decodeObjects(t, out)
+	in.objects = deploy.DecodeObjects(t, out)
 	for _, o := range in.objects {
 		switch o.GetKind() {
 		case "CustomResourceDefinition":
@@ -223,7 +193,7 @@ func renderKustomize(t *testing.T, c *k8s.Cluster, base string) *install {
 // named after a fresh namespace.
 func renderHelm(t *testing.T, c *k8s.Cluster, chart string) *install {
 	t.Helper()
-	bin := helm(t)
+	bin := deploy.Helm(t)
 	run := func(args ...string) []byte {
 		cmd := exec.Command(bin, args...)
 		cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+t.TempDir(), "HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
@@ -241,30 +211,13 @@ func renderHelm(t *testing.T, c *k8s.Cluster, chart string) *install {
 		"--set", "trustDomain=install.test", "--set", "clusterName=install-cluster")
 	in := &install{ns: ns, server: ns + "-server", agent: ns + "-agent",
 		serverConfigCM: ns + "-server", agentConfigCM: ns + "-agent"}
-	in.objects = decodeObjects(t, out)
+	in.objects = deploy.DecodeObjects(t, out)
 	for _, o := range in.objects {
 		if o.GetKind() != "CustomResourceDefinition" && o.GetKind() != "ClusterRole" && o.GetKind() != "ClusterRoleBinding" {
 			require.Equal(t, ns, o.GetNamespace(), "%s %s", o.GetKind(), o.GetName())
 		}
 	}
 	return in
-}
-
-func decodeObjects(t *testing.T, raw []byte) []*unstructured.Unstructured {
-	t.Helper()
-	dec := yaml.NewYAMLOrJSONDecoder(bytes.NewReader(raw), 4096)
-	var objs []*unstructured.Unstructured
-	for {
-		var obj unstructured.Unstructured
-		err := dec.Decode(&obj.Object)
-		if errors.Is(err, io.EOF) {
-			return objs
-		}
-		require.NoError(t, err)
-		if len(obj.Object) != 0 {
-			objs = append(objs, &obj)
-		}
-	}
 }
 
 // applyObject server-side applies o (field manager tally-test, strict

@@ -7,8 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +14,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
+
+	"github.com/tallyid/tally/test/internal/deploy"
 )
 
 // TestHelm installs deploy/helm/tally with `helm install` (the machine's changes through the
@@ -78,7 +78,7 @@ func (in *install) helmInstall(dir string) {
 // overlay the post-renderer uses.
 func (in *install) helm(dir string, args ...string) (string, error) {
 	home := in.t.TempDir()
-	cmd := exec.Command(helmBinary(in.t), args...)
+	cmd := exec.Command(deploy.Helm(in.t), args...)
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+in.c.Kubeconfig,
 		"HELM_CACHE_HOME="+filepath.Join(home, "cache"), "HELM_CONFIG_HOME="+filepath.Join(home, "config"),
 		"HELM_DATA_HOME="+filepath.Join(home, "data"),
@@ -87,32 +87,6 @@ func (in *install) helm(dir string, args ...string) (string, error) {
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()
 	return out.String(), err
-}
-
-var (
-	helmOnce sync.Once
-	helmBin  string
-	helmErr  error
-)
-
-// helmBinary returns the helm of scripts/helm/build.sh, which builds it on first use (a few
-// minutes cold) and returns at once afterwards.
-func helmBinary(t *testing.T) string {
-	t.Helper()
-	helmOnce.Do(func() {
-		cmd := exec.Command(filepath.Join(repoRoot(), "scripts", "helm", "build.sh"))
-		cmd.Dir = repoRoot()
-		cmd.Stderr = os.Stderr // build progress, if any
-		out, err := cmd.Output()
-		if err != nil {
-			helmErr = fmt.Errorf("scripts/helm/build.sh: %v\n%s", err, out)
-			return
-		}
-		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-		helmBin = filepath.Join(strings.TrimSpace(lines[len(lines)-1]), "helm")
-	})
-	require.NoError(t, helmErr)
-	return helmBin
 }
 
 // postRenderEnv names the overlay directory when helm runs this test binary as its

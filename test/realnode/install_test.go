@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"os/exec"
 	"strings"
 	"testing"
@@ -20,7 +18,6 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/dynamic"
 
 	"github.com/tallyid/tally/test/internal/k8s"
@@ -289,24 +286,6 @@ func describeStatus(p *corev1.Pod) string {
 }
 
 // ---- applying and removing ----
-
-// decodeObjects splits a multi-document YAML stream into objects.
-func decodeObjects(t *testing.T, raw []byte) []*unstructured.Unstructured {
-	t.Helper()
-	dec := yaml.NewYAMLOrJSONDecoder(bytes.NewReader(raw), 4096)
-	var objs []*unstructured.Unstructured
-	for {
-		var obj unstructured.Unstructured
-		err := dec.Decode(&obj.Object)
-		if errors.Is(err, io.EOF) {
-			return objs
-		}
-		require.NoError(t, err)
-		if len(obj.Object) != 0 {
-			objs = append(objs, &obj)
-		}
-	}
-}
 
 // waitCRDs waits until the apiserver serves the tally.dev resources.
 func waitCRDs(t *testing.T, dyn dynamic.Interface) {

@@ -20,6 +20,8 @@ import (
 	"k8s.io/client-go/restmapper"
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
+
+	"github.com/tallyid/tally/test/internal/deploy"
 )
 
 // TestKustomize installs deploy/base through the test overlay, server-side applied, and
@@ -158,7 +160,7 @@ func (in *install) applyKustomize(dir string) {
 	require.NoError(in.t, err, "kustomize build of the overlay")
 	out, err := resMap.AsYaml()
 	require.NoError(in.t, err)
-	objs := decodeObjects(in.t, out)
+	objs := deploy.DecodeObjects(in.t, out)
 	in.t.Cleanup(func() { in.deleteApplied(objs) })
 	for _, o := range objs {
 		if o.GetKind() == "CustomResourceDefinition" {
