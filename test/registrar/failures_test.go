@@ -19,6 +19,8 @@ func TestBadTemplates(t *testing.T) {
 	e.identity("good", map[string]any{"spiffeIDTemplate": nsSATemplate})
 	e.identity("needs-label", map[string]any{"spiffeIDTemplate": "spiffe://example.org/app/{{ .PodMeta.Labels.app }}"})
 	e.identity("outside", map[string]any{"spiffeIDTemplate": "spiffe://other.org/{{ .PodMeta.Name }}"})
+	e.identity("reserved", map[string]any{"spiffeIDTemplate": "spiffe://example.org/tally/agent/x/{{ .PodMeta.Name }}"})
+	e.identity("bad-dns", map[string]any{"spiffeIDTemplate": nsSATemplate + "/dns", "dnsNameTemplates": []any{"{{ .PodMeta.Name }}_x.svc"}})
 	e.identity("broken", map[string]any{"spiffeIDTemplate": "spiffe://example.org/{{ .PodMeta.Name"})
 	e.identity("nothing", map[string]any{"spiffeIDTemplate": nsSATemplate, "podSelector": map[string]any{"matchLabels": map[string]any{"test": "no-such-pods"}}})
 	e.identity("federated", map[string]any{"spiffeIDTemplate": nsSATemplate, "federatesWith": []any{"other.org"}})
@@ -31,9 +33,11 @@ func TestBadTemplates(t *testing.T) {
 	st, reason, msg := condition(s, "Ready")
 	assert.Equal(t, []string{"False", "RenderFailed"}, []string{st, reason})
 	assert.Contains(t, msg, `map has no entry for key "app"`)
-	s = e.status(identities, "outside", func(s map[string]any) bool { return count(s, "renderFailures") == 1 })
-	_, _, msg = condition(s, "Ready")
-	assert.Contains(t, msg, `outside trust domain "example.org"`)
+	for name, want := range map[string]string{"outside": `outside trust domain "example.org"`, "reserved": "reserved", "bad-dns": "not a DNS name"} {
+		s = e.status(identities, name, func(s map[string]any) bool { return count(s, "renderFailures") == 1 })
+		_, _, msg = condition(s, "Ready")
+		assert.Contains(t, msg, want, name)
+	}
 	for name, want := range map[string]string{"broken": "spiffeIDTemplate", "federated": "federatesWith"} {
 		s = e.status(identities, name, func(s map[string]any) bool { st, _, _ := condition(s, "Ready"); return st == "False" })
 		_, reason, msg = condition(s, "Ready")
