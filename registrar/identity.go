@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 
+	"github.com/tallyid/tally/attest/k8s"
 	"github.com/tallyid/tally/ca/registry"
 	"github.com/tallyid/tally/ca/store"
 )
@@ -144,8 +145,8 @@ func (id *identity) render(td spiffeid.TrustDomain, d *templateData, pod *corev1
 		SPIFFEID: spiffeID,
 		ParentID: parent,
 		Selectors: []store.Selector{
-			{Type: "k8s", Value: "ns:" + pod.Namespace},
-			{Type: "k8s", Value: "pod-uid:" + string(pod.UID)},
+			{Type: k8s.Type, Value: "ns:" + pod.Namespace},
+			{Type: k8s.Type, Value: "pod-uid:" + k8s.PodUID(pod)},
 		},
 		X509TTL: id.x509TTL,
 		JWTTTL:  id.jwtTTL,

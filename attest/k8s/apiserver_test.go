@@ -147,7 +147,7 @@ func TestAPIServerIndexesPods(t *testing.T) {
 			want: []attest.Selector{
 				sel("ns:kube-system"),
 				sel("pod-name:kube-proxy-node-1"),
-				sel("pod-uid:8f9e0d1c-2b3a-4c5d-9e6f-7a8b9c0d1e2f"),
+				sel("pod-uid:"+uidStatic), // the kubelet's UID, as the kubelet source reports it
 				sel("node-name:node-1"),
 				sel("container-name:kube-proxy"),
 				sel("container-image:registry.k8s.io/kube-proxy:v1.34.1"),

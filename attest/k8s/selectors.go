@@ -57,6 +57,19 @@ func podUIDs(pod *corev1.Pod) []string {
 	return uids
 }
 
+// PodUID is the UID that pod's containers' cgroups carry, the one a
+// k8s:pod-uid selector names: the pod's own, except for the API server's
+// mirror of a static pod, which keeps the kubelet's UID of the static pod
+// in an annotation. So the selector is the same whichever pod source the
+// agent reads (the kubelet lists the static pod, the API server its
+// mirror), and the registrar renders the same.
+func PodUID(pod *corev1.Pod) string {
+	if m := pod.Annotations[mirrorAnnotation]; m != "" {
+		return m
+	}
+	return string(pod.UID)
+}
+
 // hasUID reports whether the cgroups of pod's containers carry uid.
 func hasUID(pod *corev1.Pod, uid string) bool {
 	return string(pod.UID) == uid || (uid != "" && pod.Annotations[mirrorAnnotation] == uid)
@@ -72,7 +85,7 @@ func selectors(pod *corev1.Pod, c *corev1.ContainerStatus) []attest.Selector {
 		add("sa:" + sa)
 	}
 	add("pod-name:" + pod.Name)
-	add("pod-uid:" + string(pod.UID))
+	add("pod-uid:" + PodUID(pod))
 	if n := pod.Spec.NodeName; n != "" {
 		add("node-name:" + n)
 	}

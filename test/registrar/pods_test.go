@@ -120,3 +120,27 @@ func reconciles(t *testing.T, reg *prometheus.Registry, result string) float64 {
 	t.Fatalf("no reconciles_total{result=%q}", result)
 	return 0
 }
+
+// The API server's mirror of a static pod: its entry names the UID its
+// cgroups carry (the kubelet's), the one the agent's attestation reports
+// from either pod source.
+func TestMirrorPodEntry(t *testing.T) {
+	e := newEnv(t)
+	e.start("prod", nil)
+	e.identity("static", map[string]any{"spiffeIDTemplate": "spiffe://example.org/static/{{ .PodMeta.Name }}"})
+	const kubeletUID = "3c7b9e1f5a2d4c6e8b0a1d3f5e7c9b2a"
+	// Created as a kubelet would mirror it: no service account (the API
+	// server refuses one on a mirror pod), so not through e.c.CreatePod.
+	pod, err := e.c.Client.CoreV1().Pods(e.ns).Create(t.Context(), &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: e.ns, Name: "kube-proxy-" + e.node.Name, Labels: map[string]string{"test": e.label},
+			Annotations: map[string]string{"kubernetes.io/config.mirror": kubeletUID, "kubernetes.io/config.hash": kubeletUID}},
+		Spec: corev1.PodSpec{NodeName: e.node.Name, Containers: []corev1.Container{{Name: "main", Image: "registry.example/proxy:1"}}},
+	}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	t.Cleanup(func() { e.c.DeletePod(t, pod) })
+	got := e.eventually("prod", "the mirror pod's entry", func(m map[string]store.Entry) bool { return len(m) == 1 })
+	for _, en := range got {
+		assert.Contains(t, en.Selectors, store.Selector{Type: "k8s", Value: "pod-uid:" + kubeletUID})
+		assert.Equal(t, string(pod.UID), en.Owner.PodUID, "the registrar keys it by the API server's UID")
+	}
+}
