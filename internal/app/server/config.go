@@ -113,6 +113,14 @@ type Config struct {
 	// the trust bundle in (PEM, key bundle.pem) for agents yet to start,
 	// through the psat_kubeconfig client. Requires psat_cluster.
 	BundleConfigMap string `yaml:"bundle_configmap"`
+	// PSATIssuer is the iss of psat_cluster's service-account tokens;
+	// required with Clusters, whose agents' tokens are told apart by it.
+	PSATIssuer string `yaml:"psat_issuer"`
+	// Clusters are more Kubernetes clusters sharing this server (file
+	// only): their agents attest with k8s_psat, each token reviewed by the
+	// cluster whose issuer it names, and each may have a registrar that
+	// keeps its own entries (owned by its name) and a bundle ConfigMap.
+	Clusters []ClusterConfig `yaml:"clusters"`
 	// Exchange is the token-exchange policy (docs/delegation.md): trusted
 	// OIDC issuers and the rules of who may exchange for what. Without
 	// rules every exchange is refused.
@@ -127,6 +135,79 @@ type Config struct {
 	// Logger receives everything the server logs. Default: discard.
 	// tally-server sets one from log_level and log_format.
 	Logger *slog.Logger
+}
+
+// ClusterConfig is one more cluster of Config.Clusters; its keys mean
+// what the psat_*, registrar* and bundle_configmap keys mean for
+// psat_cluster (the audience and the rate limit are shared).
+type ClusterConfig struct {
+	Name            string   `yaml:"name"`
+	Kubeconfig      string   `yaml:"kubeconfig"`
+	Issuer          string   `yaml:"issuer"`
+	ServiceAccounts []string `yaml:"service_accounts"`
+	NodeLabelKeys   []string `yaml:"node_label_keys"`
+	Registrar       bool     `yaml:"registrar"`
+	LeaseNamespace  string   `yaml:"lease_namespace"`
+	BundleConfigMap string   `yaml:"bundle_configmap"`
+}
+
+// clusters are every cluster the server serves: psat_cluster first, then
+// Clusters.
+func (c Config) clusters() []ClusterConfig {
+	var out []ClusterConfig
+	if c.PSATCluster != "" {
+		out = append(out, ClusterConfig{Name: c.PSATCluster, Kubeconfig: c.PSATKubeconfig, Issuer: c.PSATIssuer,
+			ServiceAccounts: c.PSATServiceAccounts, NodeLabelKeys: c.PSATNodeLabelKeys, Registrar: c.Registrar,
+			LeaseNamespace: c.RegistrarLeaseNamespace, BundleConfigMap: c.BundleConfigMap})
+	}
+	return append(out, c.Clusters...)
+}
+
+// validateClusters checks the clusters together: the psat_cluster keys
+// are checked where they are read.
+func (c Config) validateClusters() error {
+	if len(c.Clusters) > 0 && c.PSATCluster == "" {
+		return errors.New("config: clusters needs psat_cluster (the first cluster)")
+	}
+	names, issuers := map[string]bool{}, map[string]bool{}
+	for i, cl := range c.clusters() {
+		where := "config: clusters[" + fmt.Sprint(i-1) + "] (" + cl.Name + ")"
+		if i == 0 {
+			where = "config: psat_cluster (" + cl.Name + ")"
+		}
+		switch {
+		case spiffeid.ValidatePathSegment(cl.Name) != nil:
+			return fmt.Errorf("%s: name must be a SPIFFE ID path segment", where)
+		case names[cl.Name]:
+			return fmt.Errorf("%s: name used twice", where)
+		case len(c.Clusters) > 0 && cl.Issuer == "":
+			return fmt.Errorf("%s: issuer is required when several clusters share the server (psat_issuer for psat_cluster)", where)
+		case cl.Issuer != "" && issuers[cl.Issuer]:
+			return fmt.Errorf("%s: issuer %q used twice", where, cl.Issuer)
+		case i > 0 && cl.Kubeconfig == "":
+			return fmt.Errorf("%s: kubeconfig is required (in-cluster credentials are psat_cluster's)", where)
+		case i > 0 && len(cl.ServiceAccounts) == 0:
+			return fmt.Errorf("%s: service_accounts is required", where)
+		}
+		names[cl.Name], issuers[cl.Issuer] = true, true
+		for _, sa := range cl.ServiceAccounts {
+			if ns, name, ok := strings.Cut(sa, ":"); !ok || ns == "" || name == "" {
+				return fmt.Errorf("%s: service_accounts: %q: want namespace:name", where, sa)
+			}
+		}
+		if cl.BundleConfigMap != "" {
+			ns, name, ok := strings.Cut(cl.BundleConfigMap, "/")
+			if !ok || len(validation.IsDNS1123Label(ns)) > 0 || len(validation.IsDNS1123Subdomain(name)) > 0 {
+				return fmt.Errorf("%s: bundle_configmap %q: want namespace/name", where, cl.BundleConfigMap)
+			}
+		}
+		if cl.LeaseNamespace != "" {
+			if errs := validation.IsDNS1123Label(cl.LeaseNamespace); len(errs) > 0 {
+				return fmt.Errorf("%s: lease namespace %q: %s", where, cl.LeaseNamespace, strings.Join(errs, "; "))
+			}
+		}
+	}
+	return nil
 }
 
 // withDefaults fills what the config leaves to be derived: the SVID TTLs
@@ -201,6 +282,7 @@ func BindFlags(fs *pflag.FlagSet, c *Config) {
 	fs.StringVar(&c.RegistrarLeaseName, "registrar-lease-name", c.RegistrarLeaseName, "name of the registrar's Lease")
 	fs.StringVar(&c.BundleConfigMap, "bundle-configmap", c.BundleConfigMap, "namespace/name of a ConfigMap to keep the trust bundle in (PEM) for agents yet to start")
 	fs.StringSliceVar(&c.AdminIDs, "admin-id", c.AdminIDs, "SPIFFE ID allowed to call the Admin API over mTLS (repeatable)")
+	fs.StringVar(&c.PSATIssuer, "psat-issuer", c.PSATIssuer, "iss of psat-cluster's service-account tokens (required with more clusters)")
 	fs.StringVar(&c.PSATCluster, "psat-cluster", c.PSATCluster, "enable k8s_psat agent attestation for this cluster name")
 	fs.StringVar(&c.PSATKubeconfig, "psat-kubeconfig", c.PSATKubeconfig, "kubeconfig for TokenReview (default: in-cluster)")
 	fs.StringVar(&c.PSATAudience, "psat-audience", c.PSATAudience, "audience of agents' projected service-account tokens")
@@ -289,12 +371,11 @@ func (c Config) Validate() error {
 	if c.Registrar && c.PSATCluster == "" {
 		return errors.New("config: registrar needs psat_cluster: its entries' parents are the k8s_psat agents of that cluster's nodes")
 	}
+	if c.BundleConfigMap != "" && c.PSATCluster == "" {
+		return errors.New("config: bundle_configmap needs psat_cluster (its Kubernetes client)")
+	}
 	if c.BundleConfigMap != "" {
-		ns, name, ok := strings.Cut(c.BundleConfigMap, "/")
-		switch {
-		case c.PSATCluster == "":
-			return errors.New("config: bundle_configmap needs psat_cluster (its Kubernetes client)")
-		case !ok || len(validation.IsDNS1123Label(ns)) > 0 || len(validation.IsDNS1123Subdomain(name)) > 0:
+		if ns, name, ok := strings.Cut(c.BundleConfigMap, "/"); !ok || len(validation.IsDNS1123Label(ns)) > 0 || len(validation.IsDNS1123Subdomain(name)) > 0 {
 			return fmt.Errorf("config: bundle_configmap %q: want namespace/name", c.BundleConfigMap)
 		}
 	}
@@ -302,9 +383,12 @@ func (c Config) Validate() error {
 		if errs := validation.IsDNS1123Label(c.RegistrarLeaseNamespace); len(errs) > 0 {
 			return fmt.Errorf("config: registrar_lease_namespace %q: %s", c.RegistrarLeaseNamespace, strings.Join(errs, "; "))
 		}
-		if errs := validation.IsDNS1123Subdomain(c.RegistrarLeaseName); len(errs) > 0 {
-			return fmt.Errorf("config: registrar_lease_name %q: %s", c.RegistrarLeaseName, strings.Join(errs, "; "))
-		}
+	}
+	if errs := validation.IsDNS1123Subdomain(c.RegistrarLeaseName); c.RegistrarLeaseNamespace != "" && len(errs) > 0 {
+		return fmt.Errorf("config: registrar_lease_name %q: %s", c.RegistrarLeaseName, strings.Join(errs, "; "))
+	}
+	if err := c.validateClusters(); err != nil {
+		return err
 	}
 	if err := c.Exchange.Validate(spiffeid.RequireTrustDomainFromString(c.TrustDomain)); err != nil {
 		return fmt.Errorf("config: %w", err)

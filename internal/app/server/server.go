@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -41,9 +40,7 @@ import (
 	"github.com/tallyid/tally/internal/peercred"
 	"github.com/tallyid/tally/internal/reserved"
 	"github.com/tallyid/tally/internal/unixsock"
-	"github.com/tallyid/tally/kubebundle"
 	tallyv1 "github.com/tallyid/tally/proto/tally/v1"
-	"github.com/tallyid/tally/registrar"
 )
 
 // Server is a running Tally server.
@@ -73,9 +70,7 @@ type components struct {
 	node      *api.Node
 	admin     *api.Admin
 	exchange  *exchange.Service
-	registrar *registrar.Registrar // nil unless the config turns it on; so is policies
-	policies  *registrar.PolicyWatcher
-	bundleCM  *kubebundle.Publisher // nil unless bundle_configmap is set
+	kube      *kubeSide // the clusters' attestor, registrars and bundle publishers
 	metrics   *prometheus.Registry
 	records   *records.Recorder
 	fleet     *fleet.Fleet
@@ -181,13 +176,6 @@ func (s *Server) buildCore(ctx context.Context, c *components) error {
 func (s *Server) buildAPIs(c *components) error {
 	cfg := s.cfg
 	attestors := map[string]attest.NodeAttestor{jointoken.Type: jointoken.New(s.td, joinTokens{st: c.store, clock: s.clock})}
-	if cfg.PSATCluster != "" {
-		psat, err := psatAttestor(cfg, s.td, s.log.With(logkey.Component, "k8spsat"))
-		if err != nil {
-			return err
-		}
-		attestors[k8spsat.Type] = psat
-	}
 	var err error
 	c.exchange, err = exchange.New(exchange.Config{
 		TrustDomain: s.td,
@@ -202,27 +190,12 @@ func (s *Server) buildAPIs(c *components) error {
 	if err != nil {
 		return err
 	}
-	if cfg.Registrar || cfg.BundleConfigMap != "" {
-		kc, dc, err := kubeClients(cfg)
-		if err != nil {
-			return err
-		}
-		if cfg.Registrar {
-			if c.registrar, err = newRegistrar(cfg, s.td, kc, dc, c.registry, c.metrics, s.log); err != nil {
-				return err
-			}
-			c.policies, err = registrar.NewPolicyWatcher(registrar.PolicyConfig{Kube: kc, Dynamic: dc, Sink: c.exchange, Logger: s.log})
-			if err != nil {
-				return err
-			}
-		}
-		if cfg.BundleConfigMap != "" {
-			ns, name, _ := strings.Cut(cfg.BundleConfigMap, "/")
-			c.bundleCM, err = kubebundle.New(kubebundle.Config{Kube: kc, Namespace: ns, Name: name, Source: c.authority, Clock: s.clock, Logger: s.log})
-			if err != nil {
-				return err
-			}
-		}
+	c.kube, err = buildKube(cfg, s.td, kubeDeps{entries: c.registry, policies: c.exchange, bundle: c.authority, metrics: c.metrics}, s.log)
+	if err != nil {
+		return err
+	}
+	if c.kube.attestor != nil {
+		attestors[k8spsat.Type] = c.kube.attestor
 	}
 	metrics := api.NewMetrics(c.metrics)
 	c.node = api.NewNode(api.NodeConfig{
@@ -352,12 +325,14 @@ func (s *Server) serve(ctx context.Context, c *components) error {
 	g.Go(func() error { return c.dashboard.Run(ctx) })
 	g.Go(func() error { return c.fleet.Run(ctx) })
 	g.Go(func() error { return c.rotations.Run(ctx) })
-	if c.registrar != nil {
-		g.Go(func() error { return c.registrar.Run(ctx) })
-		g.Go(func() error { return c.policies.Run(ctx) })
+	for _, r := range c.kube.registrars {
+		g.Go(func() error { return r.Run(ctx) })
 	}
-	if c.bundleCM != nil {
-		g.Go(func() error { return c.bundleCM.Run(ctx) })
+	if c.kube.policies != nil {
+		g.Go(func() error { return c.kube.policies.Run(ctx) })
+	}
+	for _, p := range c.kube.bundles {
+		g.Go(func() error { return p.Run(ctx) })
 	}
 	s.ready.Store(true)
 	s.log.Info("tally server ready", logkey.TrustDomain, s.td.Name(), "bind_address", c.nodeLis.lis.Addr().String(),

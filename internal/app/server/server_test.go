@@ -163,6 +163,27 @@ func TestConfigRefusesBadValues(t *testing.T) {
 		{"token_ttl", func(c *Config) { c.Exchange.TokenTTL = time.Hour }},
 		{"registrar needs psat_cluster", func(c *Config) { c.Registrar = true }},
 		{"bundle_configmap needs psat_cluster", func(c *Config) { c.BundleConfigMap = "tally/tally-bundle" }},
+		{"clusters needs psat_cluster", func(c *Config) { c.Clusters = []ClusterConfig{{Name: "b"}} }},
+		{"issuer is required", func(c *Config) {
+			c.PSATCluster, c.PSATServiceAccounts = "a", []string{"tally:agent"}
+			c.Clusters = []ClusterConfig{{Name: "b", Kubeconfig: "/k", Issuer: "https://b", ServiceAccounts: []string{"tally:agent"}}}
+		}},
+		{"name used twice", func(c *Config) {
+			c.PSATCluster, c.PSATIssuer, c.PSATServiceAccounts = "a", "https://a", []string{"tally:agent"}
+			c.Clusters = []ClusterConfig{{Name: "a", Kubeconfig: "/k", Issuer: "https://b", ServiceAccounts: []string{"tally:agent"}}}
+		}},
+		{"used twice", func(c *Config) {
+			c.PSATCluster, c.PSATIssuer, c.PSATServiceAccounts = "a", "https://a", []string{"tally:agent"}
+			c.Clusters = []ClusterConfig{{Name: "b", Kubeconfig: "/k", Issuer: "https://a", ServiceAccounts: []string{"tally:agent"}}}
+		}},
+		{"kubeconfig is required", func(c *Config) {
+			c.PSATCluster, c.PSATIssuer, c.PSATServiceAccounts = "a", "https://a", []string{"tally:agent"}
+			c.Clusters = []ClusterConfig{{Name: "b", Issuer: "https://b", ServiceAccounts: []string{"tally:agent"}}}
+		}},
+		{"path segment", func(c *Config) {
+			c.PSATCluster, c.PSATIssuer, c.PSATServiceAccounts = "a", "https://a", []string{"tally:agent"}
+			c.Clusters = []ClusterConfig{{Name: "b/c", Kubeconfig: "/k", Issuer: "https://b", ServiceAccounts: []string{"tally:agent"}}}
+		}},
 		{"bundle_configmap", func(c *Config) {
 			c.PSATCluster, c.PSATServiceAccounts, c.BundleConfigMap = "prod", []string{"tally:tally-agent"}, "no-slash"
 		}},
