@@ -360,7 +360,10 @@ func checkRBAC(t *testing.T, c *k8s.Cluster, in *install) {
 		{in.server, authzv1.ResourceAttributes{Group: "coordination.k8s.io", Resource: "leases", Verb: "get", Namespace: "kube-system"}, false},
 		{in.server, authzv1.ResourceAttributes{Resource: "pods", Verb: "delete", Namespace: "any"}, false},
 		{in.agent, authzv1.ResourceAttributes{Resource: "nodes", Subresource: "proxy", Verb: "get"}, true},
-		{in.agent, authzv1.ResourceAttributes{Resource: "pods", Verb: "watch"}, true},
+		// With the kubelet pod source (both installs' default) no pods through the API server:
+		// not its own node's, not another's (RBAC cannot tell them apart).
+		{in.agent, authzv1.ResourceAttributes{Resource: "pods", Verb: "watch"}, false},
+		{in.agent, authzv1.ResourceAttributes{Resource: "pods", Verb: "list", Namespace: "any"}, false},
 		{in.agent, authzv1.ResourceAttributes{Group: "authentication.k8s.io", Resource: "tokenreviews", Verb: "create"}, false},
 		{in.agent, authzv1.ResourceAttributes{Resource: "secrets", Verb: "get", Namespace: in.ns}, false},
 		{in.agent, authzv1.ResourceAttributes{Resource: "nodes", Verb: "list"}, false},
