@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"github.com/stretchr/testify/require"
 
 	tallyv1 "github.com/tallyid/tally/proto/tally/v1"
@@ -25,8 +24,7 @@ func TestAgentMetricsAndTallyctlSVID(t *testing.T) {
 		Selectors: []*tallyv1.Selector{{Type: "unix", Value: uidSelector()}}})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	_, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr(a.Addr()))
-	require.NoError(t, err)
+	fetchOnceSynced(t, ctx, a.Addr())
 
 	ctl := func(args ...string) string {
 		t.Helper()

@@ -37,6 +37,23 @@ func createEntries(t *testing.T, s *harness.Server, entries ...*tallyv1.Entry) [
 	return resp.GetEntries()
 }
 
+// fetchOnceSynced fetches an X509-SVID from the agent at addr once it has
+// the entry just created: the entry reaches the agent over its sync stream
+// a moment after BatchCreateEntries returns, and until then the Workload
+// API rightly answers PermissionDenied.
+func fetchOnceSynced(t *testing.T, ctx context.Context, addr string) *x509svid.SVID {
+	t.Helper()
+	var (
+		svid *x509svid.SVID
+		err  error
+	)
+	require.Eventually(t, func() bool {
+		svid, err = workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr(addr))
+		return err == nil
+	}, 30*time.Second, 20*time.Millisecond, "first SVID: %v", err)
+	return svid
+}
+
 func TestWorkloadAPIWithGoSpiffe(t *testing.T) {
 	t.Parallel()
 	s := harness.StartServer(t)
@@ -217,11 +234,7 @@ func TestAgentRestartDoesNotReattest(t *testing.T) {
 		Selectors: []*tallyv1.Selector{{Type: "unix", Value: uidSelector()}}})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	var err error
-	require.Eventually(t, func() bool { // the agent has the new entry
-		_, err = workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr(a.Addr()))
-		return err == nil
-	}, 30*time.Second, 50*time.Millisecond, "first SVID: %v", err)
+	fetchOnceSynced(t, ctx, a.Addr())
 
 	a.Stop(t)
 	a.Start(t) // same data dir; the join token is spent

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
-	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
@@ -50,8 +49,7 @@ func TestAttackJWTAudienceFlood(t *testing.T) {
 		Selectors: []*tallyv1.Selector{{Type: "unix", Value: uidSelector()}}})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	_, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr(a.Addr())) // the entry is synced
-	require.NoError(t, err)
+	fetchOnceSynced(t, ctx, a.Addr())
 
 	conn, err := grpc.NewClient(a.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	require.NoError(t, err)
