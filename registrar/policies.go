@@ -178,4 +178,3 @@ func toExchangePolicy(u *unstructured.Unstructured) (exchange.Policy, error) {
 	}
 	return p, nil
 }
-

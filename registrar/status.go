@@ -351,4 +351,3 @@ func (e *eventRecorder) warn(obj *unstructured.Unstructured, reason, format stri
 }
 
 func (e *eventRecorder) shutdown() { e.broadcaster.Shutdown() }
-

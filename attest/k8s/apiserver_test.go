@@ -147,7 +147,7 @@ func TestAPIServerIndexesPods(t *testing.T) {
 			want: []attest.Selector{
 				sel("ns:kube-system"),
 				sel("pod-name:kube-proxy-node-1"),
-				sel("pod-uid:"+uidStatic), // the kubelet's UID, as the kubelet source reports it
+				sel("pod-uid:" + uidStatic), // the kubelet's UID, as the kubelet source reports it
 				sel("node-name:node-1"),
 				sel("container-name:kube-proxy"),
 				sel("container-image:registry.k8s.io/kube-proxy:v1.34.1"),

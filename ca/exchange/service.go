@@ -2,14 +2,14 @@ package exchange
 
 import (
 	"context"
-	"sync"
-	"sync/atomic"
 	"crypto/rand"
 	"errors"
 	"log/slog"
 	"net"
 	"net/http"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
