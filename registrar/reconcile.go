@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/tallyid/tally/attest/k8spsat"
+	"github.com/tallyid/tally/ca/registry"
 	"github.com/tallyid/tally/ca/store"
 	"github.com/tallyid/tally/internal/reserved"
 )
@@ -46,13 +47,12 @@ const (
 
 func (t *term) reconcilePod(ctx context.Context, uid types.UID) (bool, error) {
 	pod := t.pod(uid)
-	start := t.cfg.Clock.Now()
-	want, outcomes := t.desired(pod)
-	t.metrics.render.Observe(t.cfg.Clock.Since(start).Seconds())
-
 	t.mu.Lock()
 	have := t.owned[uid]
 	t.mu.Unlock()
+	start := t.cfg.Clock.Now()
+	want, outcomes := t.desired(pod, have)
+	t.metrics.render.Observe(t.cfg.Clock.Since(start).Seconds())
 	w := diff(have, want)
 	if empty(w) {
 		t.status.pod(uid, outcomes)
@@ -97,8 +97,9 @@ func (t *term) pod(uid types.UID) *corev1.Pod {
 // desired renders the entries pod should have, one per identity that
 // applies to it: the identities that select it, or if none does, the
 // fallback identities that do. A pod that does not exist, has finished or
-// is not scheduled yet has none (a pending pod is no error).
-func (t *term) desired(pod *corev1.Pod) ([]store.Entry, []podOutcome) {
+// is not scheduled yet has none (a pending pod is no error). have are the
+// entries the pod has now.
+func (t *term) desired(pod *corev1.Pod, have []store.Entry) ([]store.Entry, []podOutcome) {
 	if pod == nil || pod.Spec.NodeName == "" || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
 		return nil, nil
 	}
@@ -134,12 +135,10 @@ func (t *term) desired(pod *corev1.Pod) ([]store.Entry, []podOutcome) {
 		TrustDomain: t.cfg.TrustDomain.Name(), ClusterName: t.cfg.Cluster,
 		PodMeta: &pod.ObjectMeta, PodSpec: &pod.Spec, NodeMeta: &node.ObjectMeta, NodeSpec: &node.Spec,
 	}
-	t.mu.Lock()
-	mine := map[string]bool{}
-	for _, e := range t.owned[pod.UID] {
+	mine := make(map[string]bool, len(have))
+	for _, e := range have {
 		mine[e.ID] = true
 	}
-	t.mu.Unlock()
 
 	var want []store.Entry
 	outcomes := make([]podOutcome, 0, len(applies))
@@ -155,7 +154,7 @@ func (t *term) desired(pod *corev1.Pod) ([]store.Entry, []podOutcome) {
 		// Two identities rendering the same entry for this pod: the first
 		// by name keeps it. An equal entry that is not this pod's (made by
 		// hand, or by another cluster's registrar) masks it too.
-		if slices.ContainsFunc(want, func(w store.Entry) bool { return sameEntry(&w, &e) }) {
+		if slices.ContainsFunc(want, func(w store.Entry) bool { return registry.Equal(&w, &e) }) {
 			outcomes = append(outcomes, podOutcome{identity: id.name, result: outcomeMasked, err: errors.New("another ClusterIdentity renders the same entry")})
 			continue
 		}
@@ -305,14 +304,9 @@ func applied(have []store.Entry, w store.EntryWrites, out store.EntryWrites) []s
 	return append(now, out.Create...)
 }
 
-// sameEntry: equal in what the store refuses twice.
-func sameEntry(a, b *store.Entry) bool {
-	return a.SPIFFEID == b.SPIFFEID && a.ParentID == b.ParentID && slices.Equal(a.Selectors, b.Selectors)
-}
-
 // sameContent: equal in every field a resource renders.
 func sameContent(a, b *store.Entry) bool {
-	return sameEntry(a, b) && a.X509TTL == b.X509TTL && a.JWTTTL == b.JWTTTL &&
+	return registry.Equal(a, b) && a.X509TTL == b.X509TTL && a.JWTTTL == b.JWTTTL &&
 		slices.Equal(a.DNSNames, b.DNSNames) && a.Hint == b.Hint && a.Admin == b.Admin &&
 		a.Owner != nil && b.Owner != nil && *a.Owner == *b.Owner
 }

@@ -310,11 +310,11 @@ func (r *Registry) UpdateEntry(ctx context.Context, e store.Entry, force bool) (
 	if e.ID == "" {
 		return store.Entry{}, fmt.Errorf("%w: id is required", ErrInvalid)
 	}
-	owner, err := r.handEdit(ctx, e.ID, force)
+	owners, err := r.handEdit(ctx, []string{e.ID}, force)
 	if err != nil {
 		return store.Entry{}, err
 	}
-	e.Owner = owner
+	e.Owner = owners[0]
 	if err := ValidateEntry(r.cfg.TrustDomain, r.cfg.Limits, &e); err != nil {
 		return store.Entry{}, err
 	}
@@ -325,26 +325,28 @@ func (r *Registry) UpdateEntry(ctx context.Context, e store.Entry, force bool) (
 	return out, r.CatchUp(ctx)
 }
 
-// handEdit is the rule for changing an entry by hand: refused while the
-// registrar keeps it, unless forced. It returns the entry's owner, which a
-// forced edit keeps. An entry's owner never changes (the registrar creates
+// handEdit is the rule for changing entries by hand: refused while the
+// registrar keeps one, unless forced. It returns the entries' owners, which
+// a forced edit keeps. An entry's owner never changes (the registrar creates
 // its own entries and never adopts others), so checking the view caught
 // up to now before the write is enough.
-func (r *Registry) handEdit(ctx context.Context, id string, force bool) (*store.Owner, error) {
+func (r *Registry) handEdit(ctx context.Context, ids []string, force bool) ([]*store.Owner, error) {
 	if err := r.CatchUp(ctx); err != nil {
 		return nil, err
 	}
 	r.mu.RLock()
-	var o *store.Owner
-	if e := r.idx.entries[id]; e != nil {
-		o = e.Owner
+	defer r.mu.RUnlock()
+	owners := make([]*store.Owner, len(ids))
+	for i, id := range ids {
+		if e := r.idx.entries[id]; e != nil {
+			owners[i] = e.Owner
+		}
+		if o := owners[i]; o != nil && !force {
+			return nil, fmt.Errorf("%w: entry %q is rendered from %s %q of cluster %q; change that resource instead, or force the edit (the registrar rewrites the entry when it next reconciles it)",
+				ErrOwned, id, o.Kind, o.Name, o.Cluster)
+		}
 	}
-	r.mu.RUnlock()
-	if o == nil || force {
-		return o, nil
-	}
-	return nil, fmt.Errorf("%w: entry %q is rendered from %s %q of cluster %q; change that resource instead, or force the edit (the registrar rewrites the entry when it next reconciles it)",
-		ErrOwned, id, o.Kind, o.Name, o.Cluster)
+	return owners, nil
 }
 
 // WriteEntries validates w's updates and creations, then applies its
@@ -383,20 +385,25 @@ func (r *Registry) Validate(e *store.Entry) error {
 	return ValidateEntry(r.cfg.TrustDomain, r.cfg.Limits, e)
 }
 
-// FindEqual returns the ID of an entry equal to e in spiffe_id, parent_id
-// and selector set (what the store refuses twice), from memory; "" if none.
-// e must have passed Validate (its selectors sorted, as stored ones are).
-// It looks among the entries of e's parent: a node's few, where the
-// entries of one SPIFFE ID may be thousands.
+// FindEqual returns the ID of an entry equal to e (Equal), from memory;
+// "" if none. e must have passed Validate (its selectors sorted, as stored
+// ones are). It looks among the entries of e's parent: a node's few, where
+// the entries of one SPIFFE ID may be thousands.
 func (r *Registry) FindEqual(e *store.Entry) string {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	for id, other := range r.idx.children[e.ParentID] {
-		if other.SPIFFEID == e.SPIFFEID && slices.Equal(other.Selectors, e.Selectors) {
+		if Equal(other, e) {
 			return id
 		}
 	}
 	return ""
+}
+
+// Equal reports whether two validated entries are what the store refuses
+// twice: the same spiffe_id, parent_id and selector set.
+func Equal(a, b *store.Entry) bool {
+	return a.SPIFFEID == b.SPIFFEID && a.ParentID == b.ParentID && slices.Equal(a.Selectors, b.Selectors)
 }
 
 // Owned calls f with every entry whose owner is of cluster, from memory;
@@ -417,10 +424,8 @@ func (r *Registry) DeleteEntries(ctx context.Context, ids []string, force bool) 
 	if len(ids) == 0 {
 		return fmt.Errorf("%w: no entry ids given", ErrInvalid)
 	}
-	for _, id := range ids {
-		if _, err := r.handEdit(ctx, id, force); err != nil {
-			return err
-		}
+	if _, err := r.handEdit(ctx, ids, force); err != nil {
+		return err
 	}
 	if err := r.cfg.Store.DeleteEntries(ctx, ids); err != nil {
 		return err

@@ -163,47 +163,52 @@ func (c Config) clusters() []ClusterConfig {
 	return append(out, c.Clusters...)
 }
 
-// validateClusters checks the clusters together: the psat_cluster keys
-// are checked where they are read.
+// validateClusters checks every cluster, psat_cluster's keys included
+// (each error names the key as it is written).
 func (c Config) validateClusters() error {
 	if len(c.Clusters) > 0 && c.PSATCluster == "" {
 		return errors.New("config: clusters needs psat_cluster (the first cluster)")
 	}
 	names, issuers := map[string]bool{}, map[string]bool{}
 	for i, cl := range c.clusters() {
-		where := "config: clusters[" + fmt.Sprint(i-1) + "] (" + cl.Name + ")"
-		if i == 0 {
-			where = "config: psat_cluster (" + cl.Name + ")"
+		// key names the cluster's keys: psat_cluster's own, or clusters[n].
+		key := map[string]string{"name": "psat_cluster", "issuer": "psat_issuer", "service_accounts": "psat_service_accounts",
+			"bundle_configmap": "bundle_configmap", "lease_namespace": "registrar_lease_namespace"}
+		if i > 0 {
+			for k := range key {
+				key[k] = fmt.Sprintf("clusters[%d].%s", i-1, k)
+			}
 		}
+		where := "config: " + key["name"] + " (" + cl.Name + ")"
 		switch {
 		case spiffeid.ValidatePathSegment(cl.Name) != nil:
 			return fmt.Errorf("%s: name must be a SPIFFE ID path segment", where)
 		case names[cl.Name]:
 			return fmt.Errorf("%s: name used twice", where)
 		case len(c.Clusters) > 0 && cl.Issuer == "":
-			return fmt.Errorf("%s: issuer is required when several clusters share the server (psat_issuer for psat_cluster)", where)
+			return fmt.Errorf("config: %s: issuer is required when several clusters share the server", key["issuer"])
 		case cl.Issuer != "" && issuers[cl.Issuer]:
-			return fmt.Errorf("%s: issuer %q used twice", where, cl.Issuer)
+			return fmt.Errorf("config: %s: issuer %q used twice", key["issuer"], cl.Issuer)
 		case i > 0 && cl.Kubeconfig == "":
 			return fmt.Errorf("%s: kubeconfig is required (in-cluster credentials are psat_cluster's)", where)
-		case i > 0 && len(cl.ServiceAccounts) == 0:
-			return fmt.Errorf("%s: service_accounts is required", where)
+		case len(cl.ServiceAccounts) == 0:
+			return fmt.Errorf("config: %s is required", key["service_accounts"])
 		}
 		names[cl.Name], issuers[cl.Issuer] = true, true
 		for _, sa := range cl.ServiceAccounts {
 			if ns, name, ok := strings.Cut(sa, ":"); !ok || ns == "" || name == "" {
-				return fmt.Errorf("%s: service_accounts: %q: want namespace:name", where, sa)
+				return fmt.Errorf("config: %s: %q: want namespace:name", key["service_accounts"], sa)
 			}
 		}
 		if cl.BundleConfigMap != "" {
 			ns, name, ok := strings.Cut(cl.BundleConfigMap, "/")
 			if !ok || len(validation.IsDNS1123Label(ns)) > 0 || len(validation.IsDNS1123Subdomain(name)) > 0 {
-				return fmt.Errorf("%s: bundle_configmap %q: want namespace/name", where, cl.BundleConfigMap)
+				return fmt.Errorf("config: %s %q: want namespace/name", key["bundle_configmap"], cl.BundleConfigMap)
 			}
 		}
 		if cl.LeaseNamespace != "" {
 			if errs := validation.IsDNS1123Label(cl.LeaseNamespace); len(errs) > 0 {
-				return fmt.Errorf("%s: lease namespace %q: %s", where, cl.LeaseNamespace, strings.Join(errs, "; "))
+				return fmt.Errorf("config: %s %q: %s", key["lease_namespace"], cl.LeaseNamespace, strings.Join(errs, "; "))
 			}
 		}
 	}
@@ -354,14 +359,6 @@ func (c Config) Validate() error {
 			return fmt.Errorf("config: admin_ids: %q: %w", id, err)
 		}
 	}
-	if c.PSATCluster != "" && len(c.PSATServiceAccounts) == 0 {
-		return errors.New("config: psat_service_accounts is required with psat_cluster")
-	}
-	for _, sa := range c.PSATServiceAccounts {
-		if ns, name, ok := strings.Cut(sa, ":"); !ok || ns == "" || name == "" {
-			return fmt.Errorf("config: psat_service_accounts: %q: want namespace:name", sa)
-		}
-	}
 	if c.PSATKubeQPS <= 0 {
 		return fmt.Errorf("config: psat_kube_qps must be positive, got %v", c.PSATKubeQPS)
 	}
@@ -374,15 +371,8 @@ func (c Config) Validate() error {
 	if c.BundleConfigMap != "" && c.PSATCluster == "" {
 		return errors.New("config: bundle_configmap needs psat_cluster (its Kubernetes client)")
 	}
-	if c.BundleConfigMap != "" {
-		if ns, name, ok := strings.Cut(c.BundleConfigMap, "/"); !ok || len(validation.IsDNS1123Label(ns)) > 0 || len(validation.IsDNS1123Subdomain(name)) > 0 {
-			return fmt.Errorf("config: bundle_configmap %q: want namespace/name", c.BundleConfigMap)
-		}
-	}
-	if c.RegistrarLeaseNamespace != "" {
-		if errs := validation.IsDNS1123Label(c.RegistrarLeaseNamespace); len(errs) > 0 {
-			return fmt.Errorf("config: registrar_lease_namespace %q: %s", c.RegistrarLeaseNamespace, strings.Join(errs, "; "))
-		}
+	if c.RegistrarLeaseNamespace != "" && c.PSATCluster == "" {
+		return errors.New("config: registrar_lease_namespace needs psat_cluster (its Kubernetes client)")
 	}
 	if errs := validation.IsDNS1123Subdomain(c.RegistrarLeaseName); c.RegistrarLeaseNamespace != "" && len(errs) > 0 {
 		return fmt.Errorf("config: registrar_lease_name %q: %s", c.RegistrarLeaseName, strings.Join(errs, "; "))

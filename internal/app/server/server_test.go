@@ -190,13 +190,20 @@ func TestConfigRefusesBadValues(t *testing.T) {
 		{"bundle_configmap", func(c *Config) {
 			c.PSATCluster, c.PSATServiceAccounts, c.BundleConfigMap = "prod", []string{"tally:tally-agent"}, "Bad_NS/x"
 		}},
-		{"registrar_lease_namespace", func(c *Config) { c.RegistrarLeaseNamespace = "Not_A_Namespace" }},
-		{"registrar_lease_name", func(c *Config) { c.RegistrarLeaseNamespace, c.RegistrarLeaseName = "tally", "" }},
+		{"registrar_lease_namespace needs psat_cluster", func(c *Config) { c.RegistrarLeaseNamespace = "tally" }},
+		{"registrar_lease_namespace", func(c *Config) {
+			c.PSATCluster, c.PSATServiceAccounts, c.RegistrarLeaseNamespace = "prod", []string{"tally:tally-agent"}, "Not_A_Namespace"
+		}},
+		{"registrar_lease_name", func(c *Config) {
+			c.PSATCluster, c.PSATServiceAccounts, c.RegistrarLeaseNamespace, c.RegistrarLeaseName = "prod", []string{"tally:tally-agent"}, "tally", ""
+		}},
+		{"psat_service_accounts is required", func(c *Config) { c.PSATCluster = "prod" }},
+		{"psat_service_accounts", func(c *Config) { c.PSATCluster, c.PSATServiceAccounts = "prod", []string{"no-colon"} }},
 	} {
 		cfg := DefaultConfig()
 		cfg.TrustDomain = "example.org"
 		tc.edit(&cfg)
 		_, err := New(cfg)
-		require.ErrorContains(t, err, tc.key)
+		require.ErrorContains(t, err, tc.key, tc.key)
 	}
 }
