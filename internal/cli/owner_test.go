@@ -7,9 +7,12 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/tallyid/tally/ca/registry"
 	"github.com/tallyid/tally/ca/store"
+	tallyv1 "github.com/tallyid/tally/proto/tally/v1"
 )
 
 // An entry the Kubernetes registrar keeps: tallyctl shows its owner, and
@@ -56,4 +59,24 @@ func TestOwnedEntryNeedsForce(t *testing.T) {
 	res = runCLI(t, socket, "", "entry", "delete", id, "--force")
 	require.Equal(t, 0, res.code, res.stderr)
 	assert.Empty(t, srv.storedEntries(t))
+}
+
+// No client sets an owner through the Admin API: create and update with
+// one are InvalidArgument and write nothing.
+func TestAdminRefusesOwnerFromClients(t *testing.T) {
+	srv, _ := startAdmin(t)
+	e := &tallyv1.Entry{SpiffeId: "spiffe://example.org/x", ParentId: "spiffe://example.org/y",
+		Selectors: []*tallyv1.Selector{{Type: "unix", Value: "uid:1"}},
+		Owner:     &tallyv1.EntryOwner{Cluster: "prod", Kind: "ClusterIdentity", Name: "web", Pod: "a/b", PodUid: "u"}}
+	_, err := srv.admin.BatchCreateEntries(context.Background(), &tallyv1.BatchCreateEntriesRequest{Entries: []*tallyv1.Entry{e}})
+	require.Equal(t, codes.InvalidArgument, status.Code(err), "%v", err)
+	assert.Contains(t, status.Convert(err).Message(), "owner is output only")
+	assert.Empty(t, srv.storedEntries(t))
+
+	stored := srv.addEntry(t, &tallyv1.Entry{SpiffeId: "spiffe://example.org/x", ParentId: "spiffe://example.org/y",
+		Selectors: []*tallyv1.Selector{{Type: "unix", Value: "uid:1"}}})
+	e.Id = stored.GetId()
+	_, err = srv.admin.UpdateEntry(context.Background(), &tallyv1.UpdateEntryRequest{Entry: e, Force: true})
+	require.Equal(t, codes.InvalidArgument, status.Code(err), "%v", err)
+	assert.Nil(t, srv.storedEntries(t)[0].GetOwner())
 }

@@ -5,6 +5,7 @@
 package serverapp
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -16,6 +17,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/utils/clock"
 
+	"go.yaml.in/yaml/v3"
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/tallyid/tally/attest/k8spsat"
@@ -149,6 +151,19 @@ type ClusterConfig struct {
 	Registrar       bool     `yaml:"registrar"`
 	LeaseNamespace  string   `yaml:"lease_namespace"`
 	BundleConfigMap string   `yaml:"bundle_configmap"`
+}
+
+// UnmarshalYAML decodes strictly: an unknown key in a clusters entry is an
+// error, as it is at the top of the config.
+func (cl *ClusterConfig) UnmarshalYAML(n *yaml.Node) error {
+	raw, err := yaml.Marshal(n)
+	if err != nil {
+		return err
+	}
+	type plain ClusterConfig
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	dec.KnownFields(true)
+	return dec.Decode((*plain)(cl))
 }
 
 // clusters are every cluster the server serves: psat_cluster first, then

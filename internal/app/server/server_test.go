@@ -25,6 +25,7 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/tallyid/tally/ca/store/badgerstore"
+	"github.com/tallyid/tally/internal/config"
 	tallyv1 "github.com/tallyid/tally/proto/tally/v1"
 )
 
@@ -206,4 +207,12 @@ func TestConfigRefusesBadValues(t *testing.T) {
 		_, err := New(cfg)
 		require.ErrorContains(t, err, tc.key, tc.key)
 	}
+}
+
+// An unknown key inside a clusters entry is refused, naming it.
+func TestConfigClustersStrict(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "server.yaml")
+	require.NoError(t, os.WriteFile(path, []byte("trust_domain: example.org\nclusters:\n  - name: b\n    kubecfg: /k\n"), 0o600))
+	var cfg Config
+	require.ErrorContains(t, config.LoadYAML(path, &cfg), "kubecfg")
 }
