@@ -72,6 +72,8 @@ func TestClustersShareAServer(t *testing.T) {
 		ParentID string `json:"parent_id"`
 		Owner    *struct {
 			Cluster string `json:"cluster"`
+			Kind    string `json:"kind"`
+			Name    string `json:"name"`
 			PodUID  string `json:"pod_uid"`
 		} `json:"owner"`
 	}
@@ -82,7 +84,9 @@ func TestClustersShareAServer(t *testing.T) {
 		require.NoError(t, json.Unmarshal([]byte(out), &list))
 		m := map[string]entry{}
 		for _, e := range list.Entries {
-			if e.Owner != nil {
+			// Only this test's identities: other tests share prod's API server
+			// (TestInstall creates resources there too).
+			if e.Owner != nil && e.Owner.Kind == "ClusterIdentity" && (e.Owner.Name == "web-"+sides[0].ns || e.Owner.Name == "web-"+sides[1].ns) {
 				m[e.Owner.Cluster] = e
 			}
 		}
